@@ -1,0 +1,34 @@
+# Quick start: `make demo` runs the main job offline; `make test` runs the tests.
+# Each target builds .venv when missing: torch first (the CPU build from the local wheel),
+# then the project with its extras.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test test-slow lint bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m flexgen_wrangle.cli demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m benchmarks.run --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info
