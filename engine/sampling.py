@@ -1,0 +1,72 @@
+"""Sampling: pure functions from next-token logits to token ids.
+
+`SamplingParams` is what a caller asks for; `sample_next` applies it to one decode step of a
+batch. A per-row logits processor (constrained decoding plugs in here) runs before sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+# (row_idx, generated_ids_so_far, logits[V]) -> logits[V]; may modify in place and return it.
+LogitsProcessor = Callable[[int, Sequence[int], torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 16
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k cut
+    top_p: float = 1.0  # 1 means no nucleus cut
+    seed: int | None = None
+    stop_ids: tuple[int, ...] | None = None  # None: the model's EOS id(s)
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+    logits_processor: LogitsProcessor | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """logits: [B, V]. Everything below the k-th largest value becomes -inf."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """logits: [B, V]. Keep the smallest set of tokens whose probability reaches top_p."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+    cum_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cum_probs - sorted_logits.softmax(dim=-1) >= top_p  # mass before token >= p
+    drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> torch.Tensor:
+    """logits: [B, V] float32 -> next ids [B] (int64)."""
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    logits = apply_top_p(apply_top_k(logits, params.top_k), params.top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
