@@ -1,0 +1,9 @@
+"""The offloading inference engine: tensors in, tensors out; never tables."""
+
+from engine.config import ModelConfig
+from engine.engine import Engine
+from engine.policy.policy import Placement, Policy
+from engine.sampling import SamplingParams
+from engine.storage import MemoryBudgetError
+
+__all__ = ["Engine", "MemoryBudgetError", "ModelConfig", "Placement", "Policy", "SamplingParams"]

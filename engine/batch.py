@@ -1,0 +1,82 @@
+"""The state of one GPU batch while a block is generated: its rows, mask, outputs, caches.
+
+Rows are left-padded to the batch's longest prompt. When rows finish they leave the batch: the
+row selection is recorded in `keeps`, and each cache entry applies the selections it has not
+seen the next time it is loaded, so finished rows cost no further compute or I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.model import StepInputs
+from engine.storage import Placed
+
+
+@dataclass
+class CacheEntry:
+    placed: Placed  # [2, B, K, S_cap, D]: keys and values of one layer for this batch
+    version: int = 0  # how many of the batch's `keeps` it has applied
+
+
+@dataclass
+class GpuBatch:
+    row_ids: list[int]  # input-order index of each active row
+    ids: torch.Tensor  # [B, T] tokens to feed next (prompt at prefill, last token in decode)
+    valid: torch.Tensor  # [B, S_cap] bool, columns holding real tokens
+    start: int = 0  # cache column of ids[:, 0]
+    outputs: dict[int, list[int]] = field(default_factory=dict)
+    keeps: list[torch.Tensor] = field(default_factory=list)  # successive row selections
+    caches: dict[int, CacheEntry] = field(default_factory=dict)  # layer -> entry
+    step_inputs: StepInputs | None = None
+
+    @classmethod
+    def from_prompts(cls, row_ids: list[int], prompts: list[list[int]], max_new: int) -> GpuBatch:
+        width = max(len(prompt) for prompt in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        valid = torch.zeros(len(prompts), width + max_new, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            valid[row, width - len(prompt) : width] = True
+        batch = cls(row_ids=list(row_ids), ids=ids, valid=valid)
+        batch.outputs = {row_id: [] for row_id in row_ids}
+        return batch
+
+    @property
+    def active(self) -> bool:
+        return bool(self.row_ids)
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.shape[1]
+
+    def inputs(self, window: int | None) -> StepInputs:
+        """Positions and mask for feeding `ids` (computed once per token, shared by layers)."""
+        if self.step_inputs is None:
+            self.step_inputs = StepInputs.build(self.valid, self.start, self.ids.shape[1], window)
+        return self.step_inputs
+
+    def advance(self, next_ids: torch.Tensor, done: torch.Tensor) -> None:
+        """Record sampled ids [B]; rows with done [B] = True leave the batch."""
+        for row, row_id in enumerate(self.row_ids):
+            self.outputs[row_id].append(int(next_ids[row]))
+        self.start += self.ids.shape[1]
+        keep = (~done).nonzero().squeeze(-1)  # [B'] rows still generating
+        if len(keep) < len(self.row_ids):
+            self.keeps.append(keep)
+            self.row_ids = [self.row_ids[row] for row in keep.tolist()]
+            self.valid = self.valid[keep]
+            next_ids = next_ids[keep]
+        self.ids = next_ids[:, None]  # [B', 1]
+        if self.row_ids:
+            self.valid[:, self.start] = True
+        self.step_inputs = None
+
+    def catch_up(self, entry: CacheEntry, cache: torch.Tensor) -> torch.Tensor:
+        """Apply the row selections this cache [2, B, ...] has not seen yet."""
+        for keep in self.keeps[entry.version :]:
+            cache = cache.index_select(1, keep.to(cache.device))
+        entry.version = len(self.keeps)
+        return cache

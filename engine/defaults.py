@@ -1,0 +1,75 @@
+"""Defaults the caller may leave out: device, dtype, memory budgets, and a fallback policy."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import psutil
+import torch
+
+from engine.config import ModelConfig
+from engine.model import LayerSpec
+from engine.policy.memory import minimum_bytes
+from engine.policy.policy import TIERS, Placement, Policy
+from engine.storage import parse_bytes
+
+HEADROOM = 0.8  # leave a fifth of what is free for the rest of the process and the OS
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: torch.dtype | None, cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """The checkpoint's dtype on a GPU; bf16 on a CPU (its fast path, with AMX)."""
+    if dtype is None:
+        if device.type == "cpu":
+            return torch.bfloat16
+        return cfg.torch_dtype if cfg.torch_dtype in (torch.float16, torch.bfloat16) else torch.float16
+    allowed = (torch.float32, torch.bfloat16) if device.type == "cpu" else (
+        torch.float32, torch.bfloat16, torch.float16)
+    if dtype not in allowed:
+        raise ValueError(f"dtype {dtype} is not supported on {device.type}; use one of {allowed}")
+    return dtype
+
+
+def default_budgets(
+    device: torch.device, offload_dir: str | Path | None, memory: dict[str, str | int] | None
+) -> dict[str, int]:
+    """Budgets per tier: what the caller gave, else what is free with headroom. On a CPU the
+    device tier is a pool inside RAM, so device and host share the free RAM."""
+    memory = dict(memory or {})
+    unknown = set(memory) - set(TIERS)
+    if unknown:
+        raise ValueError(f"unknown memory tier(s) {sorted(unknown)}; tiers are {TIERS}")
+    free_ram = psutil.virtual_memory().available * HEADROOM
+    if device.type == "cuda":
+        free_device = torch.cuda.mem_get_info(device)[0] * HEADROOM
+        free_host = free_ram
+    else:
+        free_device = free_host = free_ram / 2
+    disk_root = Path(offload_dir) if offload_dir is not None else Path(tempfile.gettempdir())
+    while not disk_root.exists():
+        disk_root = disk_root.parent
+    defaults = {"device": free_device, "host": free_host,
+                "disk": shutil.disk_usage(disk_root).free * HEADROOM}
+    return {tier: parse_bytes(memory.get(tier, int(defaults[tier]))) for tier in TIERS}
+
+
+def default_policy(
+    cfg: ModelConfig, layers: list[LayerSpec], dtype: torch.dtype, budgets: dict[str, int]
+) -> Policy:
+    """Weights on the fastest tier that holds them (spilling device -> host -> disk by tenths),
+    cache and activations on the device; a block of 4 x 16 rows."""
+    for device_pct in range(100, -1, -10):
+        for host_pct in range(100 - device_pct, -1, -10):
+            weights = Placement(device_pct, host_pct, 100 - device_pct - host_pct)
+            policy = Policy(gpu_batch_size=16, num_gpu_batches=4, weights=weights)
+            needs = minimum_bytes(cfg, layers, policy, dtype)
+            if all(needs[tier] <= budgets[tier] for tier in TIERS):
+                return policy
+    return Policy(gpu_batch_size=16, num_gpu_batches=4, weights=Placement.on("disk"))

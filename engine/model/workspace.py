@@ -1,0 +1,20 @@
+"""Bytes of the temporaries a layer's compute allocates, charged to the device tier while it
+runs (q/k/v, attention scores, MLP intermediates). Shared by the engine and the cost model."""
+
+from __future__ import annotations
+
+from engine.config import ModelConfig
+
+
+def workspace_bytes(
+    cfg: ModelConfig, kind: str, rows: int, new_tokens: int, attended: int, itemsize: int
+) -> int:
+    tokens = rows * new_tokens
+    if kind == "embed":
+        return 2 * tokens * cfg.hidden_size * itemsize
+    if kind == "head":
+        return 2 * rows * (cfg.vocab_size * 4 + cfg.hidden_size * itemsize)
+    qkv = tokens * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+    scores = rows * cfg.num_heads * new_tokens * attended
+    mlp = tokens * cfg.intermediate_size * (3 if cfg.family == "llama" else 2)
+    return itemsize * (3 * tokens * cfg.hidden_size + max(qkv + scores, mlp))

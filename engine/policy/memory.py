@@ -1,0 +1,59 @@
+"""Bytes each tier must hold for a policy: the weights' homes (exact) and the working set.
+
+The engine checks these before it allocates anything, so a budget that cannot work fails at
+construction with the numbers, not halfway through a table.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.config import ModelConfig
+from engine.model import LayerSpec
+from engine.model.workspace import workspace_bytes
+from engine.policy.policy import TIERS, Policy
+from engine.weights import choose_tiers
+
+
+def _sizes(layer: LayerSpec, itemsize: int) -> list[int]:
+    return [int(torch.Size(spec.shape).numel()) * itemsize for spec in layer.weights]
+
+
+def weight_home_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) -> dict[str, int]:
+    """Bytes of weights homed on each tier."""
+    homes = dict.fromkeys(TIERS, 0)
+    for layer in layers:
+        sizes = _sizes(layer, itemsize)
+        for size, tier in zip(sizes, choose_tiers(sizes, policy.weights), strict=True):
+            homes[tier] += size
+    return homes
+
+
+def weight_load_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) -> list[int]:
+    """Per layer, the bytes that must be copied onto the device to compute it."""
+    loads = []
+    for layer in layers:
+        sizes = _sizes(layer, itemsize)
+        tiers = choose_tiers(sizes, policy.weights)
+        loads.append(sum(size for size, tier in zip(sizes, tiers, strict=True) if tier != "device"))
+    return loads
+
+
+def weight_window_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) -> int:
+    """Peak device bytes of loaded (non-resident) weights: one layer, or two with overlap."""
+    loads = weight_load_bytes(layers, policy, itemsize)
+    if not policy.overlap or len(loads) < 2:
+        return max(loads)
+    return max(a + b for a, b in zip(loads, loads[1:], strict=False))
+
+
+def minimum_bytes(
+    cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, dtype: torch.dtype
+) -> dict[str, int]:
+    """What each tier needs for a single one-token row: below this nothing can run."""
+    itemsize = dtype.itemsize
+    needs = weight_home_bytes(layers, policy, itemsize)
+    cache_row = 2 * cfg.num_kv_heads * cfg.head_dim * itemsize * 2  # [2, 1, K, 2, D]
+    work = max(workspace_bytes(cfg, layer.kind, 1, 1, 2, itemsize) for layer in layers)
+    needs["device"] += weight_window_bytes(layers, policy, itemsize) + work + cache_row
+    return needs

@@ -1,0 +1,137 @@
+"""The model side of the block schedule: what each step loads, stores and computes.
+
+`BlockRunner` implements the executor's `Runner` for one block of GPU batches. Homes of caches
+and hidden states are chosen per (layer, batch) entry so that the policy's percentages hold
+over the block; weights were homed once at engine construction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.batch import CacheEntry, GpuBatch
+from engine.config import ModelConfig
+from engine.model import LayerSpec, math
+from engine.model.workspace import workspace_bytes
+from engine.policy.policy import Policy
+from engine.sampling import SamplingParams, sample_next
+from engine.storage import Lease, Placed, Tiers
+from engine.weights import LayerWeights, choose_tiers
+
+
+class BlockRunner:
+    def __init__(
+        self, cfg: ModelConfig, layers: list[LayerSpec], weights: list[LayerWeights],
+        policy: Policy, tiers: Tiers, dtype: torch.dtype, batches: list[GpuBatch],
+        params: SamplingParams, stop_ids: set[int], generator: torch.Generator | None,
+    ) -> None:
+        self.cfg, self.layers, self.weights, self.tiers = cfg, layers, weights, tiers
+        self.dtype, self.batches, self.params = dtype, batches, params
+        self.stop_ids, self.generator = stop_ids, generator
+        entries = len(layers) * len(batches)
+        self.cache_tiers = choose_tiers([1] * entries, policy.cache)  # layer-major
+        self.hidden_tiers = choose_tiers([1] * entries, policy.activations)
+        self.hidden: dict[tuple[int, int], Placed] = {}
+
+    def _entry(self, layer: int, batch: int) -> int:
+        return layer * len(self.batches) + batch
+
+    # weights ---------------------------------------------------------------------------
+    def load_weights(self, layer: int) -> dict[str, Lease]:
+        return {
+            name: self.tiers.fetch(placed, f"layer {layer} weight {name}")
+            for name, placed in self.weights[layer].items()
+        }
+
+    def free_weights(self, layer: int, weights: dict[str, Lease]) -> None:
+        for lease in weights.values():
+            self.tiers.release(lease)
+
+    # KV cache --------------------------------------------------------------------------
+    def load_cache(self, layer: int, batch_idx: int) -> Lease:
+        batch = self.batches[batch_idx]
+        entry = batch.caches.get(layer)
+        if entry is None:  # prefill: a fresh buffer sized for the whole generation
+            shape = (2, len(batch.row_ids), self.cfg.num_kv_heads, batch.capacity, self.cfg.head_dim)
+            return self.tiers.empty(shape, self.dtype, f"KV cache of layer {layer}")
+        lease = self.tiers.fetch(entry.placed, f"KV cache of layer {layer}")
+        if entry.version < len(batch.keeps):  # rows finished since this cache was stored
+            tensor = batch.catch_up(entry, lease.tensor)
+            self.tiers.release(lease)
+            lease = self.tiers.adopt(tensor, f"KV cache of layer {layer}")
+        return lease
+
+    def store_cache(self, layer: int, batch_idx: int, lease: Lease) -> None:
+        batch = self.batches[batch_idx]
+        entry = batch.caches.get(layer)
+        what = f"KV cache of layer {layer}"
+        if entry is None:
+            tier = self.cache_tiers[self._entry(layer, batch_idx)]
+            entry = CacheEntry(self._home(tier, lease, what), version=len(batch.keeps))
+            batch.caches[layer] = entry
+            return
+        self.tiers.write_back(entry.placed, lease.tensor, what)
+        self.tiers.release(lease)
+
+    def _home(self, tier: str, lease: Lease, what: str) -> Placed:
+        """Home a device lease on `tier`: a device lease is handed over without a copy."""
+        if tier == "device":
+            placed = Placed("device", tuple(lease.tensor.shape), lease.tensor.dtype, lease.tensor)
+            lease.charged = 0  # the charge now belongs to the home
+            return placed
+        placed = self.tiers.put(tier, lease.tensor, what)
+        self.tiers.release(lease)
+        return placed
+
+    # hidden states ---------------------------------------------------------------------
+    def load_hidden(self, layer: int, batch_idx: int) -> Lease:
+        placed = self.hidden.pop((layer - 1, batch_idx))
+        lease = self.tiers.fetch(placed, f"hidden state after layer {layer - 1}")
+        if placed.tier == "device":
+            return Lease(lease.tensor, placed.nbytes)  # the home's charge moves to the lease
+        self.tiers.free(placed)
+        return lease
+
+    def store_hidden(self, layer: int, batch_idx: int, lease: Lease) -> None:
+        tier = self.hidden_tiers[self._entry(layer, batch_idx)]
+        self.hidden[layer, batch_idx] = self._home(tier, lease, f"hidden state after layer {layer}")
+
+    # compute ---------------------------------------------------------------------------
+    def compute(
+        self, layer: int, batch_idx: int, weights: dict[str, Lease], cache: Lease | None,
+        hidden: Lease | None,
+    ) -> Lease | None:
+        batch, spec = self.batches[batch_idx], self.layers[layer]
+        w = {name: lease.tensor for name, lease in weights.items()}
+        step = batch.inputs(self.cfg.sliding_window)
+        rows, new_tokens = batch.ids.shape
+        work = workspace_bytes(self.cfg, spec.kind, rows, new_tokens, step.start + new_tokens,
+                               self.dtype.itemsize)
+        self.tiers.ledger.allocate("device", work, f"layer {layer} compute workspace")
+        try:
+            if spec.kind == "embed":
+                out = math.embed(self.cfg, w, batch.ids.to(self.tiers.device), step)
+            elif spec.kind == "decoder":
+                kv = (cache.tensor[0], cache.tensor[1])
+                out = math.decoder(self.cfg, w, hidden.tensor, kv, step)
+            else:
+                self._sample(batch, math.head(self.cfg, w, hidden.tensor[:, -1]))
+                out = None
+        finally:
+            self.tiers.ledger.free("device", work)
+        if hidden is not None:
+            self.tiers.release(hidden)
+        return None if out is None else self.tiers.adopt(out, f"hidden state after layer {layer}")
+
+    def _sample(self, batch: GpuBatch, logits: torch.Tensor) -> None:
+        """logits [B, V] fp32 -> next ids; rows that hit a stop id or the length limit finish."""
+        processor = self.params.logits_processor
+        if processor is not None:
+            for row, row_id in enumerate(batch.row_ids):
+                logits[row] = processor(row_id, batch.outputs[row_id], logits[row])
+        next_ids = sample_next(logits, self.params, self.generator).cpu()  # [B]
+        produced = len(batch.outputs[batch.row_ids[0]]) + 1
+        done = torch.tensor([int(token) in self.stop_ids for token in next_ids], dtype=torch.bool)
+        if produced >= self.params.max_new_tokens:
+            done[:] = True
+        batch.advance(next_ids, done)

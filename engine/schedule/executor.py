@@ -1,0 +1,132 @@
+"""Runs a token's steps: loads and stores go to a thread pool, computes run here in order.
+
+The executor knows the step types and their data dependencies, not the model: a `Runner`
+provides the actual loads, stores and computes. A load of something whose store is still in
+flight waits for that store; a hidden-state load issued before its producer ran (possible with
+one GPU batch) is deferred to the compute that needs it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+from engine.schedule.steps import (
+    Compute,
+    FreeWeights,
+    LoadCache,
+    LoadHidden,
+    LoadWeights,
+    Step,
+    StoreCache,
+    StoreHidden,
+)
+
+
+class Runner(Protocol):
+    def load_weights(self, layer: int) -> Any: ...
+    def free_weights(self, layer: int, weights: Any) -> None: ...
+    def load_cache(self, layer: int, batch: int) -> Any: ...
+    def store_cache(self, layer: int, batch: int, cache: Any) -> None: ...
+    def load_hidden(self, layer: int, batch: int) -> Any: ...
+    def store_hidden(self, layer: int, batch: int, hidden: Any) -> None: ...
+    def compute(self, layer: int, batch: int, weights: Any, cache: Any, hidden: Any) -> Any: ...
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+class Executor:
+    """One per engine; `pool` None runs every step synchronously (overlap off)."""
+
+    def __init__(self, runner: Runner, pool: ThreadPoolExecutor | None) -> None:
+        self.runner = runner
+        self.pool = pool
+        self.compute_s = 0.0
+        self.io_wait_s = 0.0
+        self._stores: dict[tuple[str, int, int], Future] = {}  # in-flight stores by resource
+
+    def _submit(self, fn: Callable[..., Any], *args: Any, after: Future | None = None) -> Future:
+        def task() -> Any:
+            if after is not None:
+                after.result()
+            return fn(*args)
+
+        return self.pool.submit(task) if self.pool is not None else _done(task())
+
+    def _wait(self, future: Future) -> Any:
+        begin = time.perf_counter()
+        value = future.result()
+        self.io_wait_s += time.perf_counter() - begin
+        return value
+
+    def run(self, steps: list[Step], active: set[int]) -> None:
+        """Run one token's steps for the GPU batches in `active`."""
+        weights: dict[int, Future] = {}
+        caches: dict[tuple[int, int], Future] = {}
+        hiddens: dict[tuple[int, int], Future] = {}
+        outputs: dict[tuple[int, int], Any] = {}
+        for step in steps:
+            if isinstance(step, LoadWeights | FreeWeights):
+                self._weights_step(step, weights)
+            elif step.batch not in active:
+                continue
+            elif isinstance(step, LoadCache):
+                key = ("cache", step.layer, step.batch)
+                caches[step.layer, step.batch] = self._submit(
+                    self.runner.load_cache, step.layer, step.batch, after=self._stores.get(key)
+                )
+            elif isinstance(step, LoadHidden):
+                producer = self._stores.get(("hidden", step.layer - 1, step.batch))
+                if producer is not None:  # else deferred to the compute
+                    hiddens[step.layer, step.batch] = self._submit(
+                        self.runner.load_hidden, step.layer, step.batch, after=producer
+                    )
+            elif isinstance(step, Compute):
+                outputs[step.layer, step.batch] = self._compute(step, weights, caches, hiddens)
+            else:
+                self._store_step(step, caches, outputs)
+        self.drain()
+
+    def drain(self) -> None:
+        """Wait for every in-flight store (end of a token, or before reading results)."""
+        for future in self._stores.values():
+            self._wait(future)
+        self._stores.clear()
+
+    def _weights_step(self, step: Step, weights: dict[int, Future]) -> None:
+        if isinstance(step, LoadWeights):
+            weights[step.layer] = self._submit(self.runner.load_weights, step.layer)
+        else:
+            self.runner.free_weights(step.layer, self._wait(weights.pop(step.layer)))
+
+    def _compute(self, step: Compute, weights: dict, caches: dict, hiddens: dict) -> Any:
+        pair = (step.layer, step.batch)
+        cache = self._wait(caches.pop(pair)) if pair in caches else None
+        if pair in hiddens:
+            hidden = self._wait(hiddens.pop(pair))
+        elif step.layer > 0:
+            producer = self._stores.pop(("hidden", step.layer - 1, step.batch), None)
+            if producer is not None:
+                self._wait(producer)
+            hidden = self.runner.load_hidden(step.layer, step.batch)
+        else:
+            hidden = None
+        layer_weights = self._wait(weights[step.layer])
+        begin = time.perf_counter()
+        out = self.runner.compute(step.layer, step.batch, layer_weights, cache, hidden)
+        self.compute_s += time.perf_counter() - begin
+        return (cache, out)
+
+    def _store_step(self, step: Step, caches: dict, outputs: dict) -> None:
+        cache, out = outputs[step.layer, step.batch]
+        if isinstance(step, StoreCache):
+            key, fn, value = ("cache", step.layer, step.batch), self.runner.store_cache, cache
+        else:
+            key, fn, value = ("hidden", step.layer, step.batch), self.runner.store_hidden, out
+        self._stores[key] = self._submit(fn, step.layer, step.batch, value)

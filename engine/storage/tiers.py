@@ -1,0 +1,146 @@
+"""The three tiers and the copies between them.
+
+`put` homes a tensor on a tier; `fetch` gives a copy on the compute device (or the tensor itself
+when it already lives there) as a `Lease` whose bytes count on the device tier until released;
+`write_back` refreshes a home from a device tensor. Every byte allocated or moved is recorded
+in the `Ledger`, which is what `engine.stats` reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.storage import disk
+from engine.storage.ledger import Ledger
+
+
+@dataclass
+class Placed:
+    """A tensor homed on one tier: in memory (`tensor`) or in an offload file (`path`)."""
+
+    tier: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    tensor: torch.Tensor | None = None
+    path: Path | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.shape, self.dtype)
+
+
+@dataclass
+class Lease:
+    """A tensor on the compute device; `charged` bytes count on the device tier until released."""
+
+    tensor: torch.Tensor
+    charged: int
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return int(torch.Size(shape).numel()) * dtype.itemsize
+
+
+class Tiers:
+    """Owns the offload directory; `close()` removes it."""
+
+    def __init__(self, ledger: Ledger, device: torch.device, offload_dir: str | Path | None) -> None:
+        self.ledger = ledger
+        self.device = device
+        self._pin = device.type == "cuda"
+        parent = Path(offload_dir) if offload_dir is not None else None
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.offload_dir = Path(tempfile.mkdtemp(prefix="flexgen-", dir=parent))
+        except OSError as err:
+            raise OSError(err.errno, f"offload directory {parent} is not writable: {err}") from err
+        self._names = itertools.count()
+
+    def close(self) -> None:
+        shutil.rmtree(self.offload_dir, ignore_errors=True)
+
+    def put(self, tier: str, tensor: torch.Tensor, what: str) -> Placed:
+        """Home a copy of `tensor` on `tier`."""
+        placed = Placed(tier, tuple(tensor.shape), tensor.dtype)
+        self.ledger.allocate(tier, placed.nbytes, what)
+        try:
+            self._store(placed, tensor)
+        except BaseException:
+            self.ledger.free(tier, placed.nbytes)
+            raise
+        return placed
+
+    def write_back(self, placed: Placed, tensor: torch.Tensor, what: str) -> None:
+        """Refresh `placed` from a device tensor, which may have a new shape (rows removed)."""
+        if placed.tier == "device" and tensor is placed.tensor:
+            return
+        new_bytes = _nbytes(tuple(tensor.shape), tensor.dtype)
+        if new_bytes != placed.nbytes:
+            self.ledger.free(placed.tier, placed.nbytes)
+            self.ledger.allocate(placed.tier, new_bytes, what)
+            placed.shape = tuple(tensor.shape)
+        if placed.tier == "device":  # the caller hands the device tensor over
+            placed.tensor = tensor
+            return
+        self._store(placed, tensor)
+
+    def free(self, placed: Placed) -> None:
+        self.ledger.free(placed.tier, placed.nbytes)
+        placed.tensor = None
+        if placed.path is not None:
+            placed.path.unlink(missing_ok=True)
+            placed.path = None
+
+    def fetch(self, placed: Placed, what: str) -> Lease:
+        """A tensor on the compute device with `placed`'s contents."""
+        if placed.tier == "device":
+            return Lease(placed.tensor, 0)
+        self.ledger.allocate("device", placed.nbytes, what)
+        if placed.tier == "host":
+            tensor = placed.tensor.to(self.device, non_blocking=self._pin)
+        else:
+            tensor = self._read_disk(placed)
+        self.ledger.record_move(placed.tier, "device", placed.nbytes)
+        return Lease(tensor, placed.nbytes)
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype, what: str) -> Lease:
+        """A fresh zeroed working buffer on the compute device."""
+        num_bytes = _nbytes(shape, dtype)
+        self.ledger.allocate("device", num_bytes, what)
+        return Lease(torch.zeros(shape, dtype=dtype, device=self.device), num_bytes)
+
+    def adopt(self, tensor: torch.Tensor, what: str) -> Lease:
+        """Charge a tensor that compute produced on the device."""
+        num_bytes = tensor.numel() * tensor.element_size()
+        self.ledger.allocate("device", num_bytes, what)
+        return Lease(tensor, num_bytes)
+
+    def release(self, lease: Lease) -> None:
+        self.ledger.free("device", lease.charged)
+        lease.charged = 0
+
+    def _store(self, placed: Placed, tensor: torch.Tensor) -> None:
+        if placed.tier == "device":
+            placed.tensor = tensor.detach().to(self.device, copy=True).contiguous()
+        elif placed.tier == "host":
+            host = tensor.detach().to("cpu", copy=True).contiguous()
+            placed.tensor = host.pin_memory() if self._pin else host
+            self.ledger.record_move("device", "host", placed.nbytes)
+        else:
+            placed.path = placed.path or self.offload_dir / f"t{next(self._names)}.bin"
+            disk.write_file(placed.path, tensor.detach().to("cpu"))
+            self.ledger.record_move("device", "disk", placed.nbytes)
+
+    def _read_disk(self, placed: Placed) -> torch.Tensor:
+        raw = disk.read_file(placed.path, placed.nbytes)  # [nbytes] uint8, page-cache bypassed
+        tensor = raw.view(placed.dtype).view(placed.shape)
+        if self.device.type == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
