@@ -33,14 +33,18 @@ class GpuBatch:
     step_inputs: StepInputs | None = None
 
     @classmethod
-    def from_prompts(cls, row_ids: list[int], prompts: list[list[int]], max_new: int) -> GpuBatch:
+    def from_prompts(
+        cls, row_ids: list[int], prompts: list[list[int]], extra_cols: int, prefix_len: int = 0
+    ) -> GpuBatch:
+        """Layout of each row: [shared prefix | left padding | prompt | `extra_cols` to fill]."""
         width = max(len(prompt) for prompt in prompts)
         ids = torch.zeros(len(prompts), width, dtype=torch.long)
-        valid = torch.zeros(len(prompts), width + max_new, dtype=torch.bool)
+        valid = torch.zeros(len(prompts), prefix_len + width + extra_cols, dtype=torch.bool)
+        valid[:, :prefix_len] = True
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            valid[row, width - len(prompt) : width] = True
-        batch = cls(row_ids=list(row_ids), ids=ids, valid=valid)
+            valid[row, prefix_len + width - len(prompt) : prefix_len + width] = True
+        batch = cls(row_ids=list(row_ids), ids=ids, valid=valid, start=prefix_len)
         batch.outputs = {row_id: [] for row_id in row_ids}
         return batch
 
@@ -72,6 +76,22 @@ class GpuBatch:
         self.ids = next_ids[:, None]  # [B', 1]
         if self.row_ids:
             self.valid[:, self.start] = True
+        self.step_inputs = None
+
+    def finish(self) -> None:
+        """Every row is done (prefix and scoring passes end after a fixed number of steps)."""
+        self.row_ids = []
+
+    def feed(self, rows: torch.Tensor, ids: torch.Tensor, lengths: list[int]) -> None:
+        """Continue with row selection `rows` [B'] (repeats allowed) fed `ids` [B', T]; row r's
+        first lengths[r] tokens are real, the rest right padding that nothing real attends to."""
+        self.start += self.ids.shape[1]
+        self.keeps.append(rows)
+        self.row_ids = [self.row_ids[row] for row in rows.tolist()]
+        self.valid = self.valid[rows]
+        for row, length in enumerate(lengths):
+            self.valid[row, self.start : self.start + length] = True
+        self.ids = ids
         self.step_inputs = None
 
     def catch_up(self, entry: CacheEntry, cache: torch.Tensor) -> torch.Tensor:

@@ -11,18 +11,19 @@ from pathlib import Path
 import torch
 
 from engine.batch import GpuBatch
+from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.checkpoint import CheckpointReader
 from engine.config import ModelConfig
 from engine.defaults import default_budgets, default_policy, resolve_device, resolve_dtype
 from engine.model import layer_specs
 from engine.policy.memory import minimum_bytes
 from engine.policy.policy import TIERS, Policy
-from engine.runner import BlockRunner
+from engine.runner import BlockRunner, Consumer
 from engine.sampling import SamplingParams
 from engine.schedule import token_steps
 from engine.schedule.executor import Executor
 from engine.stats import EngineStats
-from engine.storage import Ledger, MemoryBudgetError, Tiers
+from engine.storage import Ledger, MemoryBudgetError, Placed, Tiers
 from engine.storage.ledger import format_bytes
 from engine.validation import validate_prompts
 from engine.weights import place_weights
@@ -95,43 +96,78 @@ class Engine:
     def offload_dir(self) -> Path:
         return self._tiers.offload_dir
 
-    # generation --------------------------------------------------------------------------
+    # generation ----------------------------------------------------------------------------
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams | None = None
+        self, prompts: list[list[int]], params: SamplingParams | None = None,
+        prefix: list[int] | None = None,
     ) -> list[list[int]]:
-        """Generated ids for each prompt, in input order (ending with the stop id, if any)."""
+        """Generated ids for each prompt (after the shared `prefix`, if any), in input order,
+        ending with the stop id when one was produced."""
+        params = params or SamplingParams()
+        consumer = Sampler(params, self._stop_ids(params), _generator(params))
+        return self._run(prompts, consumer, prefix, lambda batch: batch.outputs)
+
+    def score(
+        self, prompts: list[list[int]], candidates: list[list[int]],
+        prefix: list[int] | None = None,
+    ) -> list[list[float]]:
+        """Total natural-log probability of each candidate continuation after each prompt
+        (rows x candidates). Each prompt is computed once, whatever the number of candidates."""
+        if not candidates or any(len(candidate) == 0 for candidate in candidates):
+            raise ValueError("candidates must be a non-empty list of non-empty token-id lists")
+        validate_prompts(candidates, self.config, 0, what="candidate")
+        consumer = Scorer(candidates)
+        return self._run(prompts, consumer, prefix, lambda batch: {})
+
+    def _run(self, prompts, consumer, prefix, results) -> list:
         if self.closed:
             raise RuntimeError("this Engine is closed")
-        params = params or SamplingParams()
-        validate_prompts(prompts, self.config, params.max_new_tokens)
+        prefix = list(prefix or [])
+        validate_prompts(prompts, self.config, consumer.extra_cols() + len(prefix))
+        if prefix:
+            validate_prompts([prefix], self.config, 0, what="prefix")
         if not prompts:
             return []
-        order = sorted(range(len(prompts)), key=lambda row: -len(prompts[row]))
-        outputs: dict[int, list[int]] = {}
         begin = time.perf_counter()
-        block = self.policy.block_size
-        for start in range(0, len(order), block):
-            outputs.update(self._generate_block(order[start : start + block], prompts, params))
+        prefix_cache = self._prefix_cache(prefix) if prefix else {}
+        try:
+            order = sorted(range(len(prompts)), key=lambda row: -len(prompts[row]))
+            outputs: dict[int, list] = {}
+            block = self.policy.block_size
+            for start in range(0, len(order), block):
+                rows = order[start : start + block]
+                batches = self._run_block(rows, prompts, consumer, prefix_cache, len(prefix))
+                for batch in batches:
+                    outputs.update(results(batch))
+        finally:
+            for placed in prefix_cache.values():
+                self._tiers.free(placed)
+        outputs.update(getattr(consumer, "scores", {}))
         self.stats.total_s += time.perf_counter() - begin
-        self.stats.prompt_tokens += sum(len(prompt) for prompt in prompts)
-        self.stats.generated_tokens += sum(len(out) for out in outputs.values())
+        self.stats.prompt_tokens += sum(len(prompt) for prompt in prompts) + len(prefix)
+        if isinstance(consumer, Sampler):
+            self.stats.generated_tokens += sum(len(out) for out in outputs.values())
         return [outputs[row] for row in range(len(prompts))]
 
-    def _generate_block(
-        self, rows: list[int], prompts: list[list[int]], params: SamplingParams
-    ) -> dict[int, list[int]]:
+    def _prefix_cache(self, prefix: list[int]) -> dict[int, Placed]:
+        """Run the shared prefix once, as a one-row block; keep its KV cache per layer."""
+        (batch,) = self._run_block([0], [prefix], PrefixCapture(), {}, 0, keep_caches=True)
+        return {layer: entry.placed for layer, entry in batch.caches.items()}
+
+    def _run_block(
+        self, rows: list[int], prompts: list[list[int]], consumer: Consumer,
+        prefix_cache: dict[int, Placed], prefix_len: int, keep_caches: bool = False,
+    ) -> list[GpuBatch]:
         batch_size = self.policy.gpu_batch_size
         batches = [
             GpuBatch.from_prompts(
                 rows[at : at + batch_size], [prompts[row] for row in rows[at : at + batch_size]],
-                params.max_new_tokens,
+                consumer.extra_cols(), prefix_len,
             )
             for at in range(0, len(rows), batch_size)
         ]
-        runner = BlockRunner(
-            self.config, self._layers, self._weights, self.policy, self._tiers, self.dtype,
-            batches, params, self._stop_ids(params), _generator(params),
-        )
+        runner = BlockRunner(self.config, self._layers, self._weights, self.policy, self._tiers,
+                             self.dtype, batches, consumer, prefix_cache)
         executor = Executor(runner, self._pool)
         steps = token_steps([layer.kind == "decoder" for layer in self._layers],
                             len(batches), self.policy.overlap)
@@ -141,18 +177,20 @@ class Engine:
                     executor.run(steps, active)
         finally:
             executor.drain()
-            self._free_block(batches, runner)
+            self._free_block(batches, runner, keep_caches)
             self.stats.add_run(executor, self._tiers.ledger)
-        return {row: out for batch in batches for row, out in batch.outputs.items()}
+        return batches
 
-    def _free_block(self, batches: list[GpuBatch], runner: BlockRunner) -> None:
+    def _free_block(self, batches: list[GpuBatch], runner: BlockRunner, keep_caches: bool) -> None:
+        for placed in runner.hidden.values():
+            self._tiers.free(placed)
+        runner.hidden.clear()
+        if keep_caches:
+            return
         for batch in batches:
             for entry in batch.caches.values():
                 self._tiers.free(entry.placed)
             batch.caches.clear()
-        for placed in runner.hidden.values():
-            self._tiers.free(placed)
-        runner.hidden.clear()
 
     def _stop_ids(self, params: SamplingParams) -> set[int]:
         if params.stop_ids is not None:

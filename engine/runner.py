@@ -10,24 +10,27 @@ from __future__ import annotations
 import torch
 
 from engine.batch import CacheEntry, GpuBatch
+from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.config import ModelConfig
 from engine.model import LayerSpec, math
 from engine.model.workspace import workspace_bytes
 from engine.policy.policy import Policy
-from engine.sampling import SamplingParams, sample_next
 from engine.storage import Lease, Placed, Tiers
 from engine.weights import LayerWeights, choose_tiers
+
+
+Consumer = Sampler | Scorer | PrefixCapture
 
 
 class BlockRunner:
     def __init__(
         self, cfg: ModelConfig, layers: list[LayerSpec], weights: list[LayerWeights],
         policy: Policy, tiers: Tiers, dtype: torch.dtype, batches: list[GpuBatch],
-        params: SamplingParams, stop_ids: set[int], generator: torch.Generator | None,
+        consumer: Consumer, prefix: dict[int, Placed] | None = None,
     ) -> None:
         self.cfg, self.layers, self.weights, self.tiers = cfg, layers, weights, tiers
-        self.dtype, self.batches, self.params = dtype, batches, params
-        self.stop_ids, self.generator = stop_ids, generator
+        self.dtype, self.batches, self.consumer = dtype, batches, consumer
+        self.prefix = prefix or {}  # layer -> shared prefix cache [2, 1, K, P, D]
         entries = len(layers) * len(batches)
         self.cache_tiers = choose_tiers([1] * entries, policy.cache)  # layer-major
         self.hidden_tiers = choose_tiers([1] * entries, policy.activations)
@@ -53,13 +56,22 @@ class BlockRunner:
         entry = batch.caches.get(layer)
         if entry is None:  # prefill: a fresh buffer sized for the whole generation
             shape = (2, len(batch.row_ids), self.cfg.num_kv_heads, batch.capacity, self.cfg.head_dim)
-            return self.tiers.empty(shape, self.dtype, f"KV cache of layer {layer}")
+            lease = self.tiers.empty(shape, self.dtype, f"KV cache of layer {layer}")
+            if layer in self.prefix:
+                self._copy_prefix(self.prefix[layer], lease.tensor)
+            return lease
         lease = self.tiers.fetch(entry.placed, f"KV cache of layer {layer}")
         if entry.version < len(batch.keeps):  # rows finished since this cache was stored
             tensor = batch.catch_up(entry, lease.tensor)
             self.tiers.release(lease)
             lease = self.tiers.adopt(tensor, f"KV cache of layer {layer}")
         return lease
+
+    def _copy_prefix(self, placed: Placed, cache: torch.Tensor) -> None:
+        """cache [2, B, K, S_cap, D] <- the shared prefix [2, 1, K, P, D] in columns :P."""
+        prefix = self.tiers.fetch(placed, "shared prefix cache")
+        cache[:, :, :, : placed.shape[3]] = prefix.tensor
+        self.tiers.release(prefix)
 
     def store_cache(self, layer: int, batch_idx: int, lease: Lease) -> None:
         batch = self.batches[batch_idx]
@@ -115,23 +127,10 @@ class BlockRunner:
                 kv = (cache.tensor[0], cache.tensor[1])
                 out = math.decoder(self.cfg, w, hidden.tensor, kv, step)
             else:
-                self._sample(batch, math.head(self.cfg, w, hidden.tensor[:, -1]))
+                self.consumer.consume(batch, hidden.tensor, lambda x: math.head(self.cfg, w, x))
                 out = None
         finally:
             self.tiers.ledger.free("device", work)
         if hidden is not None:
             self.tiers.release(hidden)
         return None if out is None else self.tiers.adopt(out, f"hidden state after layer {layer}")
-
-    def _sample(self, batch: GpuBatch, logits: torch.Tensor) -> None:
-        """logits [B, V] fp32 -> next ids; rows that hit a stop id or the length limit finish."""
-        processor = self.params.logits_processor
-        if processor is not None:
-            for row, row_id in enumerate(batch.row_ids):
-                logits[row] = processor(row_id, batch.outputs[row_id], logits[row])
-        next_ids = sample_next(logits, self.params, self.generator).cpu()  # [B]
-        produced = len(batch.outputs[batch.row_ids[0]]) + 1
-        done = torch.tensor([int(token) in self.stop_ids for token in next_ids], dtype=torch.bool)
-        if produced >= self.params.max_new_tokens:
-            done[:] = True
-        batch.advance(next_ids, done)
