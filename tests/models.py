@@ -74,11 +74,13 @@ def build_model(
     return Path(out_dir)
 
 
-def hf_greedy(model_dir: Path, prompt: list[int], max_new: int, eos: bool = True) -> list[int]:
-    """HF transformers' greedy generate for one prompt: the reference."""
+def hf_greedy(
+    model_dir: Path, prompt: list[int], max_new: int, stop_id: int | None = None
+) -> list[int]:
+    """HF transformers' greedy generate for one prompt: the reference. `stop_id` replaces EOS."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = torch.tensor([prompt])
-    kwargs = {} if eos else {"min_new_tokens": max_new}
+    kwargs = {} if stop_id is None else {"eos_token_id": stop_id}
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
                          do_sample=False, pad_token_id=1, **kwargs)
     return out[0, len(prompt):].tolist()

@@ -11,7 +11,7 @@ import torch
 from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.model.workspace import workspace_bytes
-from engine.policy.policy import TIERS, Policy
+from engine.policy.policy import TIERS, Placement, Policy
 from engine.weights import choose_tiers
 
 
@@ -57,3 +57,20 @@ def minimum_bytes(
     work = max(workspace_bytes(cfg, layer.kind, 1, 1, 2, itemsize) for layer in layers)
     needs["device"] += weight_window_bytes(layers, policy, itemsize) + work + cache_row
     return needs
+
+
+def cache_entry_bytes(cfg: ModelConfig, rows: int, capacity: int, itemsize: int) -> int:
+    """One layer's KV cache for one GPU batch: [2, B, K, S_cap, D]."""
+    return 2 * rows * cfg.num_kv_heads * capacity * cfg.head_dim * itemsize
+
+
+def hidden_bytes(cfg: ModelConfig, rows: int, tokens: int, itemsize: int) -> int:
+    """A hidden state between layers: [B, T, C]."""
+    return rows * tokens * cfg.hidden_size * itemsize
+
+
+def entry_tiers(num_layers: int, num_batches: int, placement: Placement) -> list[list[str]]:
+    """[layer][batch] -> tier of a cache or hidden-state home, as the runner chooses them
+    (one choice per (layer, batch) entry, layer-major, so the percentages hold over a block)."""
+    flat = choose_tiers([1] * (num_layers * num_batches), placement)
+    return [flat[layer * num_batches : (layer + 1) * num_batches] for layer in range(num_layers)]

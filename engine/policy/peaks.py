@@ -1,0 +1,158 @@
+"""Peak bytes per tier for a policy, by replaying the engine's ledger over the block schedule.
+
+The engine charges its `Ledger` at a handful of points (see `engine.runner` and
+`engine.storage.tiers`): weight homes once; a fetch of anything not homed on the device charges
+the device until released; a prefill KV buffer is allocated on the device and then handed to its
+home; a hidden state is adopted on the device and homed by its store; a compute charges its
+workspace. `block_peaks` walks the very step list the executor runs (`token_steps`) and applies
+the same charges, for the shared-prefix block (if any), the prefill token and the last decode
+token of the largest block. Loads are charged when issued (the thread pool starts them at once);
+a store is counted as finishing only after the next compute, since on a busy box the pool may
+not get to it sooner: a slight overestimate that keeps plans inside their budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.config import ModelConfig
+from engine.model import LayerSpec
+from engine.model.workspace import workspace_bytes
+from engine.policy.memory import (
+    cache_entry_bytes,
+    entry_tiers,
+    hidden_bytes,
+    weight_home_bytes,
+    weight_load_bytes,
+)
+from engine.policy.policy import TIERS, Policy
+from engine.schedule import (
+    Compute,
+    FreeWeights,
+    LoadCache,
+    LoadHidden,
+    LoadWeights,
+    StoreCache,
+    StoreHidden,
+    token_steps,
+)
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """One block of GPU batches as the engine forms it."""
+
+    rows: tuple[int, ...]  # rows of each GPU batch
+    widths: tuple[int, ...]  # each batch's longest prompt: its prefill width
+    gen_len: int  # columns after the prompt (new tokens)
+    prefix_len: int = 0  # shared-prefix columns in front of every row
+
+    @classmethod
+    def first_block(
+        cls, lengths: Sequence[int], policy: Policy, gen_len: int, prefix_len: int = 0
+    ) -> BlockShape:
+        """The first (largest, longest) block of prompts `lengths` sorted longest first."""
+        block = list(lengths[: policy.block_size])
+        size = policy.gpu_batch_size
+        chunks = [block[at : at + size] for at in range(0, len(block), size)]
+        return cls(tuple(len(c) for c in chunks), tuple(int(max(c)) for c in chunks), gen_len,
+                   prefix_len)
+
+    def capacity(self, batch_idx: int) -> int:
+        return self.prefix_len + self.widths[batch_idx] + self.gen_len
+
+
+class _Ledger:
+    def __init__(self, homes: dict[str, int]) -> None:
+        self.used = dict(homes)
+        self.peak = dict(homes)
+
+    def add(self, tier: str, num_bytes: int) -> None:
+        self.used[tier] += num_bytes
+        self.peak[tier] = max(self.peak[tier], self.used[tier])
+
+
+@dataclass
+class _Token:
+    """What one token of one block charges: sizes per batch, tiers per (layer, batch)."""
+
+    phase: str  # "prefill" | "decode"
+    cache: list[int]  # [batch] KV bytes of one layer
+    hidden: list[int]  # [batch] bytes of a hidden state at this token
+    work: list[list[int]]  # [layer][batch] compute workspace
+    cache_tiers: list[list[str]]
+    hidden_tiers: list[list[str]]
+    weight_loads: list[int]  # [layer]
+    prefix: list[tuple[str, int]] | None = None  # [layer] (tier, bytes) of the shared prefix
+
+
+def _run_token(ledger: _Ledger, token: _Token, steps: list) -> None:
+    stored: set[tuple[int, int]] = set()
+    deferred: set[tuple[int, int]] = set()
+    pending: list[tuple[str, int]] = []  # device bytes that in-flight stores still hold
+    for step in steps:
+        if isinstance(step, LoadWeights | FreeWeights):
+            sign = 1 if isinstance(step, LoadWeights) else -1
+            ledger.add("device", sign * token.weight_loads[step.layer])
+        elif isinstance(step, LoadCache):
+            _load_cache(ledger, token, step.layer, step.batch)
+        elif isinstance(step, LoadHidden):
+            if (step.layer - 1, step.batch) in stored:
+                _load_hidden(ledger, token, step.layer, step.batch)
+            else:
+                deferred.add((step.layer, step.batch))
+        elif isinstance(step, Compute):
+            if (step.layer, step.batch) in deferred:
+                _load_hidden(ledger, token, step.layer, step.batch)
+            _compute(ledger, token, step.layer, step.batch, steps)
+            for tier, num_bytes in pending:
+                ledger.add(tier, num_bytes)
+            pending.clear()
+        elif isinstance(step, StoreCache):
+            pending += _store(token, token.cache_tiers, token.cache, step, token.phase == "prefill")
+        elif isinstance(step, StoreHidden):
+            pending += _store(token, token.hidden_tiers, token.hidden, step, True)
+            stored.add((step.layer, step.batch))
+    for tier, num_bytes in pending:
+        ledger.add(tier, num_bytes)
+
+
+def _load_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
+    if token.phase == "prefill":
+        ledger.add("device", token.cache[batch])  # a fresh buffer for the whole generation
+        if token.prefix is not None and token.prefix[layer][0] != "device":
+            ledger.add("device", token.prefix[layer][1])  # the shared prefix, copied in
+            ledger.add("device", -token.prefix[layer][1])
+    elif token.cache_tiers[layer][batch] != "device":
+        ledger.add("device", token.cache[batch])
+
+
+def _load_hidden(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
+    tier = token.hidden_tiers[layer - 1][batch]
+    if tier != "device":  # fetched to the device, its home freed; a device home's charge moves
+        ledger.add("device", token.hidden[batch])
+        ledger.add(tier, -token.hidden[batch])
+
+
+def _compute(ledger: _Ledger, token: _Token, layer: int, batch: int, steps: list) -> None:
+    ledger.add("device", token.work[layer][batch])
+    ledger.add("device", -token.work[layer][batch])
+    if layer > 0:
+        ledger.add("device", -token.hidden[batch])  # the input is released
+    if layer < len(token.weight_loads) - 1:
+        ledger.add("device", token.hidden[batch])  # the output is adopted
+
+
+def _store(token: _Token, tiers: list[list[str]], sizes: list[int], step, new_home: bool
+           ) -> list[tuple[str, int]]:
+    """Charges a store makes when it finishes: a new home off the device takes the bytes from
+    the device lease; a write-back to an existing home only releases the lease."""
+    tier, num_bytes = tiers[step.layer][step.batch], sizes[step.batch]
+    if tier == "device":
+        return []  # the lease becomes the home (prefill) or was never charged (decode)
+    if new_home:
+        return [(tier, num_bytes), ("device", -num_bytes)]
+    return [("device", -num_bytes)]
