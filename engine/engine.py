@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -171,15 +172,27 @@ class Engine:
         executor = Executor(runner, self._pool)
         steps = token_steps([layer.kind == "decoder" for layer in self._layers],
                             len(batches), self.policy.overlap)
+        device_before = self._tiers.ledger.used["device"]
         try:
             with torch.inference_mode():
                 while active := {idx for idx, batch in enumerate(batches) if batch.active}:
                     executor.run(steps, active)
-        finally:
-            executor.drain()
-            self._free_block(batches, runner, keep_caches)
-            self.stats.add_run(executor, self._tiers.ledger)
+        except BaseException:
+            self._abandon(executor, batches, runner, device_before)
+            raise
+        executor.drain()
+        self._free_block(batches, runner, keep_caches)
+        self.stats.add_run(executor, self._tiers.ledger)
         return batches
+
+    def _abandon(self, executor: Executor, batches: list[GpuBatch], runner: BlockRunner,
+                 device_before: int) -> None:
+        """A failed block: wait for its copies, free its homes, and drop the charges of the
+        working buffers it held (their tensors die with the block)."""
+        with contextlib.suppress(Exception):
+            executor.drain()
+        self._free_block(batches, runner, keep_caches=False)
+        self._tiers.ledger.free("device", self._tiers.ledger.used["device"] - device_before)
 
     def _free_block(self, batches: list[GpuBatch], runner: BlockRunner, keep_caches: bool) -> None:
         for placed in runner.hidden.values():

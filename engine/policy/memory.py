@@ -6,6 +6,8 @@ construction with the numbers, not halfway through a table.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 
 from engine.config import ModelConfig
@@ -44,7 +46,7 @@ def weight_window_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) 
     loads = weight_load_bytes(layers, policy, itemsize)
     if not policy.overlap or len(loads) < 2:
         return max(loads)
-    return max(a + b for a, b in zip(loads, loads[1:], strict=False))
+    return max(a + b for a, b in pairwise(loads))
 
 
 def minimum_bytes(

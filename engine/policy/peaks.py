@@ -89,7 +89,8 @@ class _Token:
     prefix: list[tuple[str, int]] | None = None  # [layer] (tier, bytes) of the shared prefix
 
 
-def _run_token(ledger: _Ledger, token: _Token, steps: list) -> None:
+def _run_token(ledger: _Ledger, token: _Token, steps: list, lag: bool) -> None:
+    """`lag`: stores run on the I/O pool and finish after the next compute (overlap on)."""
     stored: set[tuple[int, int]] = set()
     deferred: set[tuple[int, int]] = set()
     pending: list[tuple[str, int]] = []  # device bytes that in-flight stores still hold
@@ -107,17 +108,22 @@ def _run_token(ledger: _Ledger, token: _Token, steps: list) -> None:
         elif isinstance(step, Compute):
             if (step.layer, step.batch) in deferred:
                 _load_hidden(ledger, token, step.layer, step.batch)
-            _compute(ledger, token, step.layer, step.batch, steps)
-            for tier, num_bytes in pending:
-                ledger.add(tier, num_bytes)
-            pending.clear()
+            _compute(ledger, token, step.layer, step.batch)
+            _settle(ledger, pending)
         elif isinstance(step, StoreCache):
-            pending += _store(token, token.cache_tiers, token.cache, step, token.phase == "prefill")
+            pending += _store(token.cache_tiers, token.cache, step, token.phase == "prefill")
         elif isinstance(step, StoreHidden):
-            pending += _store(token, token.hidden_tiers, token.hidden, step, True)
+            pending += _store(token.hidden_tiers, token.hidden, step, True)
             stored.add((step.layer, step.batch))
+        if not lag:
+            _settle(ledger, pending)
+    _settle(ledger, pending)
+
+
+def _settle(ledger: _Ledger, pending: list[tuple[str, int]]) -> None:
     for tier, num_bytes in pending:
         ledger.add(tier, num_bytes)
+    pending.clear()
 
 
 def _load_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
@@ -137,7 +143,7 @@ def _load_hidden(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None
         ledger.add(tier, -token.hidden[batch])
 
 
-def _compute(ledger: _Ledger, token: _Token, layer: int, batch: int, steps: list) -> None:
+def _compute(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
     ledger.add("device", token.work[layer][batch])
     ledger.add("device", -token.work[layer][batch])
     if layer > 0:
@@ -146,8 +152,8 @@ def _compute(ledger: _Ledger, token: _Token, layer: int, batch: int, steps: list
         ledger.add("device", token.hidden[batch])  # the output is adopted
 
 
-def _store(token: _Token, tiers: list[list[str]], sizes: list[int], step, new_home: bool
-           ) -> list[tuple[str, int]]:
+def _store(tiers: list[list[str]], sizes: list[int], step: StoreCache | StoreHidden,
+           new_home: bool) -> list[tuple[str, int]]:
     """Charges a store makes when it finishes: a new home off the device takes the bytes from
     the device lease; a write-back to an existing home only releases the lease."""
     tier, num_bytes = tiers[step.layer][step.batch], sizes[step.batch]
@@ -156,3 +162,44 @@ def _store(token: _Token, tiers: list[list[str]], sizes: list[int], step, new_ho
     if new_home:
         return [(tier, num_bytes), ("device", -num_bytes)]
     return [("device", -num_bytes)]
+
+
+def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: BlockShape,
+           itemsize: int, phase: str) -> _Token:
+    batches = range(len(shape.rows))
+    new = [shape.widths[b] if phase == "prefill" else 1 for b in batches]
+    # columns attended at this token: all of the prompt at prefill, all but one at the last step
+    later = 0 if phase == "prefill" else shape.gen_len - 1
+    attended = [shape.prefix_len + shape.widths[b] + later for b in batches]
+    work = [[workspace_bytes(cfg, layer.kind, shape.rows[b], new[b], attended[b], itemsize)
+             for b in batches] for layer in layers]
+    return _Token(
+        phase=phase,
+        cache=[cache_entry_bytes(cfg, shape.rows[b], shape.capacity(b), itemsize) for b in batches],
+        hidden=[hidden_bytes(cfg, shape.rows[b], new[b], itemsize) for b in batches],
+        work=work,
+        cache_tiers=entry_tiers(len(layers), len(shape.rows), policy.cache),
+        hidden_tiers=entry_tiers(len(layers), len(shape.rows), policy.activations),
+        weight_loads=weight_load_bytes(layers, policy, itemsize),
+    )
+
+
+def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: BlockShape,
+                dtype: torch.dtype) -> dict[str, int]:
+    """Predicted `engine.stats.peak_bytes` for generating one block of `shape` (the largest)."""
+    itemsize = dtype.itemsize
+    ledger = _Ledger(weight_home_bytes(layers, policy, itemsize))
+    has_cache = [layer.kind == "decoder" for layer in layers]
+    prefix = None
+    if shape.prefix_len:  # the prefix runs first as a one-row block and keeps its caches
+        one_row = BlockShape((1,), (shape.prefix_len,), 0)
+        token = _token(cfg, layers, policy, one_row, itemsize, "prefill")
+        _run_token(ledger, token, token_steps(has_cache, 1, policy.overlap), policy.overlap)
+        prefix = [(tiers[0], token.cache[0]) for tiers in token.cache_tiers]
+    steps = token_steps(has_cache, len(shape.rows), policy.overlap)
+    phases = ("prefill", "decode") if shape.gen_len > 1 else ("prefill",)
+    for phase in phases:
+        token = _token(cfg, layers, policy, shape, itemsize, phase)
+        token.prefix = prefix
+        _run_token(ledger, token, steps, policy.overlap)
+    return {tier: ledger.peak[tier] for tier in TIERS}

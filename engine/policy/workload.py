@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -27,13 +28,14 @@ def _check_lengths(prompt_len: PromptLengths) -> None:
     elif isinstance(prompt_len, Mapping):
         counts = list(prompt_len.values())
         if not counts or any(not _is_int(c) or c < 0 for c in counts) or sum(counts) == 0:
-            raise ValueError(f"a prompt-length histogram needs counts >= 0, not all 0: {prompt_len}")
+            raise ValueError(f"a prompt-length histogram needs counts >= 0, not all 0, got "
+                             f"{prompt_len}")
         values = list(prompt_len)
     elif isinstance(prompt_len, Sequence) and not isinstance(prompt_len, str | bytes):
         values = list(prompt_len)
         if not values:
             raise ValueError("prompt-length quantiles must not be empty")
-        if any(b < a for a, b in zip(values, values[1:], strict=False)):
+        if any(b < a for a, b in pairwise(values)):
             raise ValueError(f"prompt-length quantiles must not decrease: {values}")
     else:
         raise ValueError(f"prompt_len must be an int, a {{tokens: rows}} histogram or a list of "
@@ -74,7 +76,8 @@ class Workload:
             return _from_histogram(self.prompt_len, self.rows)
         levels = np.linspace(0.0, 1.0, len(self.prompt_len))
         ranks = np.linspace(1.0, 0.0, self.rows) if self.rows > 1 else np.ones(1)
-        return np.ceil(np.interp(ranks, levels, np.asarray(self.prompt_len, float))).astype(np.int64)
+        quantiles = np.asarray(self.prompt_len, dtype=float)
+        return np.ceil(np.interp(ranks, levels, quantiles)).astype(np.int64)
 
     @property
     def max_prompt_len(self) -> int:
