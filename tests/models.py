@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -67,11 +68,33 @@ def build_model(
         for param in model.parameters():
             if param.dim() == 2:
                 param.normal_(0.0, 0.3)
-    kwargs = {"safe_serialization": safe}
-    if max_shard_size:
-        kwargs["max_shard_size"] = max_shard_size
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out_dir, **kwargs)
+    if not safe:
+        to_torch_bin(Path(out_dir))
     return Path(out_dir)
+
+
+def to_torch_bin(model_dir: Path) -> None:
+    """Rewrite a safetensors checkpoint as PyTorch `.bin` files (same sharding), as older HF
+    checkpoints are stored; transformers 5 no longer writes them itself."""
+    from safetensors.torch import load_file
+
+    index_path = model_dir / "model.safetensors.index.json"
+    if not index_path.exists():
+        torch.save(load_file(model_dir / "model.safetensors"), model_dir / "pytorch_model.bin")
+        (model_dir / "model.safetensors").unlink()
+        return
+    index = json.loads(index_path.read_text())
+    renamed = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        new_name = shard.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        torch.save(load_file(model_dir / shard), model_dir / new_name)
+        (model_dir / shard).unlink()
+        renamed[shard] = new_name
+    index["weight_map"] = {key: renamed[file] for key, file in index["weight_map"].items()}
+    (model_dir / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    index_path.unlink()
 
 
 def hf_greedy(

@@ -90,10 +90,11 @@ class _Token:
 
 
 def _run_token(ledger: _Ledger, token: _Token, steps: list, lag: bool) -> None:
-    """`lag`: stores run on the I/O pool and finish after the next compute (overlap on)."""
+    """`lag`: stores run on the I/O pool and finish after the next compute (overlap on),
+    except that a hidden state's load waits for its store, as the executor makes it."""
     stored: set[tuple[int, int]] = set()
     deferred: set[tuple[int, int]] = set()
-    pending: list[tuple[str, int]] = []  # device bytes that in-flight stores still hold
+    pending: dict[tuple, list[tuple[str, int]]] = {}  # in-flight stores -> their charges
     for step in steps:
         if isinstance(step, LoadWeights | FreeWeights):
             sign = 1 if isinstance(step, LoadWeights) else -1
@@ -102,28 +103,35 @@ def _run_token(ledger: _Ledger, token: _Token, steps: list, lag: bool) -> None:
             _load_cache(ledger, token, step.layer, step.batch)
         elif isinstance(step, LoadHidden):
             if (step.layer - 1, step.batch) in stored:
+                _settle(ledger, pending, ("hidden", step.layer - 1, step.batch))
                 _load_hidden(ledger, token, step.layer, step.batch)
             else:
                 deferred.add((step.layer, step.batch))
         elif isinstance(step, Compute):
             if (step.layer, step.batch) in deferred:
+                _settle(ledger, pending, ("hidden", step.layer - 1, step.batch))
                 _load_hidden(ledger, token, step.layer, step.batch)
             _compute(ledger, token, step.layer, step.batch)
             _settle(ledger, pending)
         elif isinstance(step, StoreCache):
-            pending += _store(token.cache_tiers, token.cache, step, token.phase == "prefill")
+            new_home = token.phase == "prefill"
+            pending[step] = _store(token.cache_tiers, token.cache, step, new_home)
         elif isinstance(step, StoreHidden):
-            pending += _store(token.hidden_tiers, token.hidden, step, True)
+            key = ("hidden", step.layer, step.batch)
+            pending[key] = _store(token.hidden_tiers, token.hidden, step, True)
             stored.add((step.layer, step.batch))
         if not lag:
             _settle(ledger, pending)
     _settle(ledger, pending)
 
 
-def _settle(ledger: _Ledger, pending: list[tuple[str, int]]) -> None:
-    for tier, num_bytes in pending:
-        ledger.add(tier, num_bytes)
-    pending.clear()
+def _settle(ledger: _Ledger, pending: dict[tuple, list[tuple[str, int]]],
+            key: tuple | None = None) -> None:
+    """Finish the in-flight store `key` (all of them when None)."""
+    keys = list(pending) if key is None else [key] if key in pending else []
+    for done in keys:
+        for tier, num_bytes in pending.pop(done):
+            ledger.add(tier, num_bytes)
 
 
 def _load_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
@@ -185,21 +193,22 @@ def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: Blo
 
 
 def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: BlockShape,
-                dtype: torch.dtype) -> dict[str, int]:
+                dtype: torch.dtype, lag: bool | None = None) -> dict[str, int]:
     """Predicted `engine.stats.peak_bytes` for generating one block of `shape` (the largest)."""
     itemsize = dtype.itemsize
+    lag = policy.overlap if lag is None else lag
     ledger = _Ledger(weight_home_bytes(layers, policy, itemsize))
     has_cache = [layer.kind == "decoder" for layer in layers]
     prefix = None
     if shape.prefix_len:  # the prefix runs first as a one-row block and keeps its caches
         one_row = BlockShape((1,), (shape.prefix_len,), 0)
         token = _token(cfg, layers, policy, one_row, itemsize, "prefill")
-        _run_token(ledger, token, token_steps(has_cache, 1, policy.overlap), policy.overlap)
+        _run_token(ledger, token, token_steps(has_cache, 1, policy.overlap), lag)
         prefix = [(tiers[0], token.cache[0]) for tiers in token.cache_tiers]
     steps = token_steps(has_cache, len(shape.rows), policy.overlap)
     phases = ("prefill", "decode") if shape.gen_len > 1 else ("prefill",)
     for phase in phases:
         token = _token(cfg, layers, policy, shape, itemsize, phase)
         token.prefix = prefix
-        _run_token(ledger, token, steps, policy.overlap)
+        _run_token(ledger, token, steps, lag)
     return {tier: ledger.peak[tier] for tier in TIERS}

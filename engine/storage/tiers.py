@@ -55,9 +55,9 @@ class Tiers:
         self.device = device
         self._pin = device.type == "cuda"
         parent = Path(offload_dir) if offload_dir is not None else None
-        if parent is not None:
-            parent.mkdir(parents=True, exist_ok=True)
         try:
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True)
             self.offload_dir = Path(tempfile.mkdtemp(prefix="flexgen-", dir=parent))
         except OSError as err:
             raise OSError(err.errno, f"offload directory {parent} is not writable: {err}") from err

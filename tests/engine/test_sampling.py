@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import Engine, Placement, Policy, SamplingParams
+from engine.sampling import apply_top_k, apply_top_p, sample_next
+
+
+def test_top_k_keeps_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0]])
+    assert torch.isinf(apply_top_k(logits, 2)).tolist() == [[True, False, True, False]]
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = ~torch.isinf(apply_top_p(logits, 0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+
+
+def test_greedy_is_argmax_and_sampling_respects_top_k():
+    logits = torch.tensor([[0.0, 2.0, 1.0]] * 200)
+    assert sample_next(logits, SamplingParams(), None).tolist() == [1] * 200
+    params = SamplingParams(temperature=1.0, top_k=2, seed=0)
+    drawn = sample_next(logits, params, torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {1, 2}
+
+
+@pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0},
+                                 {"top_k": -2}])
+def test_bad_params_rejected(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+def test_seeded_sampling_is_reproducible_and_processor_applies(model_dirs):
+    policy = Policy(2, 2, Placement.on("device"), Placement.on("host"), Placement.on("device"))
+    banned = 7
+
+    def ban(row_id, generated, logits):
+        logits[banned] = float("-inf")
+        return logits
+
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3,
+                            logits_processor=ban, ignore_eos=True)
+    prompts = [[3, 4, 5], [9, 10], [11]]
+    with Engine.from_pretrained(model_dirs("llama"), policy=policy, dtype=torch.float32) as eng:
+        first, second = eng.generate(prompts, params), eng.generate(prompts, params)
+    assert first == second
+    assert all(banned not in out and len(out) == 6 for out in first)
