@@ -83,7 +83,7 @@ def _open_file(path: Path, stack: ExitStack) -> object:
         if path.suffix == ".safetensors":
             return stack.enter_context(safe_open(str(path), framework="pt"))
         return _TorchBinFile(path)
-    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
+    except Exception as err:
         raise CheckpointError(f"weight file {path} is corrupt or unreadable: {err}") from err
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from engine.batch import GpuBatch
-from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.checkpoint import CheckpointReader
 from engine.config import ModelConfig
+from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.defaults import default_budgets, default_policy, resolve_device, resolve_dtype
 from engine.model import layer_specs
 from engine.policy.memory import minimum_bytes

@@ -10,14 +10,13 @@ from __future__ import annotations
 import torch
 
 from engine.batch import CacheEntry, GpuBatch
-from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.config import ModelConfig
+from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.model import LayerSpec, math
 from engine.model.workspace import workspace_bytes
 from engine.policy.policy import Policy
 from engine.storage import Lease, Placed, Tiers
 from engine.weights import LayerWeights, choose_tiers
-
 
 Consumer = Sampler | Scorer | PrefixCapture
 

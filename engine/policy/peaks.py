@@ -114,15 +114,24 @@ def _run_token(ledger: _Ledger, token: _Token, steps: list, lag: bool) -> None:
             _compute(ledger, token, step.layer, step.batch)
             _settle(ledger, pending)
         elif isinstance(step, StoreCache):
-            new_home = token.phase == "prefill"
-            pending[step] = _store(token.cache_tiers, token.cache, step, new_home)
+            charges = _store(token.cache_tiers, token.cache, step, token.phase == "prefill")
+            pending[step] = _charge_new_home(ledger, charges)
         elif isinstance(step, StoreHidden):
-            key = ("hidden", step.layer, step.batch)
-            pending[key] = _store(token.hidden_tiers, token.hidden, step, True)
+            charges = _store(token.hidden_tiers, token.hidden, step, True)
+            pending["hidden", step.layer, step.batch] = _charge_new_home(ledger, charges)
             stored.add((step.layer, step.batch))
         if not lag:
             _settle(ledger, pending)
     _settle(ledger, pending)
+
+
+def _charge_new_home(ledger: _Ledger, charges: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """A store allocates its new home first and releases the device lease when it is done:
+    charge the home now, return the release for later."""
+    for tier, num_bytes in charges:
+        if num_bytes > 0:
+            ledger.add(tier, num_bytes)
+    return [(tier, num_bytes) for tier, num_bytes in charges if num_bytes <= 0]
 
 
 def _settle(ledger: _Ledger, pending: dict[tuple, list[tuple[str, int]]],

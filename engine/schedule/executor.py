@@ -21,7 +21,6 @@ from engine.schedule.steps import (
     LoadWeights,
     Step,
     StoreCache,
-    StoreHidden,
 )
 
 
