@@ -1,0 +1,76 @@
+"""Run language models over whole table columns with a FlexGen-style offloading engine.
+
+    import flexgen_wrangle as fw
+    llm = fw.LLM("path/to/model")
+    fw.classify(texts, ["positive", "negative"], llm=llm)   # -> pa.StructArray {label, probability}
+    df.flexgen.extract("body", {"vendor": "string", "total": "float"}, llm=llm)
+
+Importing the package registers the `.flexgen` accessor on pandas DataFrames and Series when
+pandas is installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from flexgen_wrangle.errors import (
+    ColumnNotFoundError,
+    ColumnTypeError,
+    LabelsError,
+    ParseError,
+    SchemaError,
+    TemplateError,
+    WrangleError,
+)
+from flexgen_wrangle.llm import LLM
+from flexgen_wrangle.pipeline import PipelineOptions
+from flexgen_wrangle.stats import RunStats
+from flexgen_wrangle.template import Template
+
+__all__ = [
+    "LLM", "ColumnNotFoundError", "ColumnTypeError", "LabelsError", "ParseError",
+    "PipelineOptions", "RunStats", "SchemaError", "Template", "TemplateError", "WrangleError",
+    "classify", "extract", "generate", "map_reader",
+]
+
+
+def _need_llm(llm: LLM | None) -> LLM:
+    if not isinstance(llm, LLM):
+        raise ValueError(f"pass llm=fw.LLM(model_dir) (or fw.LLM.demo()), got {llm!r}")
+    return llm
+
+
+def classify(texts: Any, labels: list[str], llm: LLM | None = None, **kwargs: Any) -> pa.StructArray:
+    """Struct {label, probability} per text; NULL texts give NULL."""
+    return _need_llm(llm).classify(texts, labels, **kwargs)
+
+
+def extract(texts: Any, schema: Any, llm: LLM | None = None, **kwargs: Any) -> pa.StructArray:
+    """One typed struct field per schema field; rows that fail to parse are NULL (counted)."""
+    return _need_llm(llm).extract(texts, schema, **kwargs)
+
+
+def generate(prompts: Any, llm: LLM | None = None, max_new_tokens: int = 64,
+             **kwargs: Any) -> pa.StringArray:
+    """Free text after each prompt."""
+    return _need_llm(llm).generate(prompts, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def map_reader(*args: Any, **kwargs: Any) -> pa.RecordBatchReader:
+    """`udfs.arrow_stream.map_reader`: a RecordBatchReader with result columns appended."""
+    from udfs.arrow_stream import map_reader as _map_reader
+
+    return _map_reader(*args, **kwargs)
+
+
+def _register_pandas() -> None:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return
+    import udfs.pandas_accessor  # noqa: F401  (registers .flexgen)
+
+
+_register_pandas()

@@ -1,0 +1,81 @@
+"""Structured output: a thin backend over xgrammar, plugged into the engine's per-row logits hook.
+
+`JsonConstraints` compiles a JSON schema once per (LLM, schema); each engine call gets a fresh
+`GrammarProcessor` whose per-row matchers accept the tokens sampled so far, then mask the next
+token's logits to what the grammar allows. Special tokens other than the stop ids are masked
+too: a grammar sees them as literal text, the decoder drops them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import torch
+import xgrammar as xg
+
+from flexgen_wrangle.errors import SchemaError
+
+JSON_SEPARATORS = (",", ":")  # compact JSON, as the prompts show and the demo model learnt
+
+
+class JsonConstraints:
+    """Compiles JSON schemas for one tokenizer; `processor` makes a per-call logits hook."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: Sequence[int]) -> None:
+        self.vocab_size, self.stop_ids = vocab_size, list(stop_ids)
+        info = xg.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
+                                                 stop_token_ids=self.stop_ids)
+        self._compiler = xg.GrammarCompiler(info)
+        self.banned_ids = sorted(
+            set(tokenizer.all_special_ids) - set(self.stop_ids) - {None}
+        )
+
+    def compile(self, json_schema: dict, lead: str = "") -> xg.CompiledGrammar:
+        """The grammar of `lead` followed by one compact JSON value matching `json_schema`."""
+        try:
+            grammar = xg.Grammar.from_json_schema(
+                json.dumps(json_schema), any_whitespace=False, separators=JSON_SEPARATORS
+            )
+        except (RuntimeError, ValueError) as err:
+            raise SchemaError(f"the grammar backend rejects the schema: {err}") from None
+        if lead:
+            grammar = xg.Grammar.concat(xg.Grammar.from_ebnf(f"root ::= {json.dumps(lead)}"),
+                                        grammar)
+        return self._compiler.compile_grammar(grammar)
+
+    def processor(self, compiled: xg.CompiledGrammar) -> GrammarProcessor:
+        return GrammarProcessor(compiled, self.vocab_size, self.stop_ids, self.banned_ids)
+
+
+class GrammarProcessor:
+    """`(row_idx, generated_ids_so_far, logits[V]) -> logits[V]` for one engine call."""
+
+    def __init__(self, compiled: xg.CompiledGrammar, vocab_size: int, stop_ids: list[int],
+                 banned_ids: list[int]) -> None:
+        self._compiled, self._stop_ids, self._banned = compiled, stop_ids, banned_ids
+        self._matchers: dict[int, tuple[xg.GrammarMatcher, int]] = {}  # row -> (matcher, seen)
+        self._bitmask = xg.allocate_token_bitmask(1, vocab_size)  # [1, ceil(V / 32)] int32
+        self._vocab_size = vocab_size
+
+    def __call__(self, row_idx: int, generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        matcher, seen = self._matchers.get(row_idx) or (xg.GrammarMatcher(self._compiled), 0)
+        for token in generated[seen:]:
+            if not matcher.accept_token(int(token)):  # cannot happen under the mask
+                return _force(logits, self._stop_ids[0])
+        self._matchers[row_idx] = (matcher, len(generated))
+        if matcher.is_terminated():
+            return _force(logits, self._stop_ids[0])
+        matcher.fill_next_token_bitmask(self._bitmask)
+        row = logits[: self._vocab_size].unsqueeze(0)  # [1, V] view
+        xg.apply_token_bitmask_inplace(row, self._bitmask.to(logits.device))
+        if self._banned:
+            logits[self._banned] = float("-inf")
+        return logits
+
+
+def _force(logits: torch.Tensor, token: int) -> torch.Tensor:
+    """Only `token` remains possible."""
+    logits.fill_(float("-inf"))
+    logits[token] = 0.0
+    return logits

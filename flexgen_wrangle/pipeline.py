@@ -1,0 +1,155 @@
+"""Column in, column out: NULLs skipped, identical inputs computed once, rows sorted by token
+length into blocks, the shared prefix (instruction, few-shot examples) computed once per engine
+call, results restored to input order, unparseable rows NULL and counted, stats and progress.
+
+The column is taken in windows of `window_rows` distinct inputs so that token ids are never held
+for a whole huge column; sorting by length happens within a window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from flexgen_wrangle.encoding import shared_prefix
+from flexgen_wrangle.errors import ParseError
+from flexgen_wrangle.stats import RunStats
+from flexgen_wrangle.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    dedup: bool = True  # compute identical inputs once
+    bucket: bool = True  # sort rows by token length before cutting blocks
+    share_prefix: bool = True  # run the shared prompt prefix once per engine call
+    block_rows: int | None = None  # rows per engine call; None: the engine policy's block size
+    window_rows: int = 16384  # distinct rows tokenized and sorted together
+    progress: bool = True
+
+
+@dataclass
+class Distinct:
+    """The column's non-NULL values, each once, and where each input row's result comes from."""
+
+    texts: list[str] = field(default_factory=list)
+    first_row: list[int] = field(default_factory=list)  # an input row of each distinct value
+    counts: list[int] = field(default_factory=list)  # input rows per distinct value
+    of_row: list[int | None] = field(default_factory=list)  # distinct index per row; None: NULL
+
+    @classmethod
+    def of(cls, values: list[str | None], dedup: bool) -> Distinct:
+        found, index = cls(), {}
+        for row_idx, value in enumerate(values):
+            if value is None:
+                found.of_row.append(None)
+                continue
+            key = value if dedup else row_idx
+            if key not in index:
+                index[key] = len(found.texts)
+                found.texts.append(value)
+                found.first_row.append(row_idx)
+                found.counts.append(0)
+            found.of_row.append(index[key])
+            found.counts[index[key]] += 1
+        return found
+
+
+@dataclass
+class Group:
+    """Rows that share one prefix (None: full prompts): (distinct index, row ids) pairs."""
+
+    prefix: list[int] | None
+    items: list[tuple[int, list[int]]]
+
+
+def run_column(llm: Any, task: Task, texts: pa.Array,
+               options: PipelineOptions | None = None) -> tuple[pa.Array, RunStats]:
+    """Run `task` over a text column; returns (results in input order, stats)."""
+    options = options or PipelineOptions()
+    begin = time.perf_counter()
+    values = texts.to_pylist()
+    distinct = Distinct.of(values, options.dedup)
+    stats = RunStats(task.name, rows=len(values), computed_rows=len(distinct.texts))
+    stats.null_rows = sum(index is None for index in distinct.of_row)
+    results: dict[int, Any] = {}
+    with tqdm(total=len(values), unit="rows", desc=f"flexgen {task.name}",
+              disable=not options.progress) as bar:
+        bar.update(stats.null_rows)
+        for start in range(0, len(distinct.texts), options.window_rows):
+            window = range(start, min(start + options.window_rows, len(distinct.texts)))
+            _run_window(llm, task, distinct, window, options, stats, results, bar)
+        stats.plan = llm.plan_text if distinct.texts else ""
+    out = [None if index is None else results.get(index) for index in distinct.of_row]
+    stats.seconds = time.perf_counter() - begin
+    return pa.array(out, type=task.arrow_type), stats
+
+
+def _run_window(llm: Any, task: Task, distinct: Distinct, window: range,
+                options: PipelineOptions, stats: RunStats, results: dict, bar: tqdm) -> None:
+    groups = _groups(llm, task, distinct, window, options.share_prefix)
+    block_rows = max(1, options.block_rows or llm.engine.policy.block_size)
+    for group in groups:
+        fits = _fitting(group, task.min_new_positions, llm.max_positions, distinct, stats, bar)
+        if options.bucket:
+            fits.sort(key=lambda item: len(item[1]))
+        for block in _chunks(fits, block_rows):
+            _run_block(llm, task, group.prefix, block, distinct, stats, results)
+            bar.update(sum(distinct.counts[index] for index, _ in block))
+
+
+def _fitting(group: Group, min_new: int, limit: int, distinct: Distinct, stats: RunStats,
+             bar: tqdm) -> list[tuple[int, list[int]]]:
+    """The group's rows that leave `min_new` positions free; the others fail (NULL, counted)."""
+    fits = []
+    for index, ids in group.items:
+        length = len(group.prefix or []) + len(ids)
+        if length + min_new > limit:
+            reason = f"prompt too long: {length} tokens; the model has {limit} positions"
+            stats.add_failure(distinct.first_row[index], reason, distinct.counts[index])
+            bar.update(distinct.counts[index])
+        else:
+            fits.append((index, ids))
+    return fits
+
+
+def _groups(llm: Any, task: Task, distinct: Distinct, window: range,
+            share_prefix: bool) -> list[Group]:
+    """Tokenize the window; rows whose ids start with the shared prefix form the first group."""
+    encoder = llm.encoder
+    frame = encoder.frame(task.prefix_text)
+    full = encoder.encode(frame, [task.row_text(distinct.texts[index]) for index in window])
+    prefix = shared_prefix(encoder.encode_prefix(frame), full[0]) if share_prefix else []
+    if not prefix:
+        return [Group(None, list(zip(window, full, strict=True)))]
+    shared, alone = [], []
+    for index, ids in zip(window, full, strict=True):
+        if len(ids) > len(prefix) and ids[: len(prefix)] == prefix:
+            shared.append((index, ids[len(prefix):]))
+        else:
+            alone.append((index, ids))
+    return [group for group in (Group(prefix, shared), Group(None, alone)) if group.items]
+
+
+def _run_block(llm: Any, task: Task, prefix: list[int] | None, block: list[tuple[int, list[int]]],
+               distinct: Distinct, stats: RunStats, results: dict) -> None:
+    prompts = [ids for _, ids in block]
+    longest = len(prefix or []) + max(len(ids) for ids in prompts)
+    max_new = max(1, min(task.max_new_tokens, llm.max_positions - longest))
+    raws = task.run(llm.engine, prompts, prefix, max_new)
+    stats.prompt_tokens += len(prefix or []) + sum(len(ids) for ids in prompts)
+    for (index, _), raw in zip(block, raws, strict=True):
+        stats.output_tokens += task.output_tokens(raw)
+        try:
+            results[index] = task.parse(raw)
+        except ParseError as err:
+            stats.add_failure(distinct.first_row[index], err.message, distinct.counts[index])
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
