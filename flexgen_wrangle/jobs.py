@@ -7,6 +7,7 @@ built (and its arguments validated) before any model work; `check` validates a t
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
@@ -42,6 +43,12 @@ class ColumnJob:
             self.template = Template.parse("{" + column + "}")
         self.task = self._make_task(task_args)
         self.output_fields = self._output_fields(into, prefix)
+        self._spec = {"kind": kind, "column": column, "template": template,
+                      "outputs": self.output_names, "args": task_args}
+
+    def describe(self) -> dict[str, Any]:
+        """What the job computes, as plain JSON data (a resumed run must match it)."""
+        return json.loads(json.dumps(self._spec, default=repr, sort_keys=True))
 
     def _make_task(self, args: dict[str, Any]) -> Any:
         if self.kind == "classify":
@@ -93,6 +100,7 @@ class ColumnJob:
         if self.kind == "generate":
             return [result]
         return result.flatten()  # struct -> one array per field, the row's NULL kept
+
 
 def _is_text_dictionary(data_type: pa.DataType) -> bool:
     return pa.types.is_dictionary(data_type) and data_type.value_type in TEXT_TYPES

@@ -1,0 +1,88 @@
+"""`flexgen-wrangle demo`: the demo model over the demo table through the pandas accessor.
+
+Reviews and tickets are classified, invoices extracted; the table's known answers give the
+accuracy. The labels and the schema come from `examples.demo_data`, the table's generator.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from flexgen_wrangle.llm import DEMO_MODEL_DIR, LLM
+
+DEMO_TABLE = DEMO_MODEL_DIR.parent / "demo_table.parquet"
+
+
+def _demo_data() -> Any:
+    try:
+        from examples import demo_data
+    except ImportError:
+        raise FileNotFoundError("examples.demo_data is not importable; run the demo from the "
+                                "repository root (make demo)") from None
+    return demo_data
+
+
+def load_table(path: Path, rows: int) -> Any:
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"the demo table is not at {path}; make it with "
+                                "`python -m examples.demo_data --out examples/demo_table.parquet`")
+    table = pd.read_parquet(path)
+    return table.head(rows) if rows else table
+
+
+def classify_kind(table: Any, kind: str, labels: tuple[str, ...], llm: LLM) -> tuple[Any, Any]:
+    rows = table[table["kind"] == kind]
+    out = rows.flexgen.classify("text", labels=list(labels), llm=llm, into="predicted")
+    return out, llm.last_stats
+
+
+def extract_fields_match(out: Any, fields: list[str]) -> Any:
+    """Per-row: every extracted field equals the known answer (totals to the cent)."""
+    hits = None
+    for field in fields:
+        predicted, known = out[f"pred_{field}"], out[field]
+        if field == "total":
+            match = [not _missing(p) and math.isclose(p, k, abs_tol=0.005)
+                     for p, k in zip(predicted, known, strict=True)]
+        else:
+            match = [not _missing(p) and str(p) == str(k) for p, k in zip(predicted, known,
+                                                                          strict=True)]
+        hits = match if hits is None else [a and b for a, b in zip(hits, match, strict=True)]
+    return hits
+
+
+def _missing(value: Any) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
+
+
+def _report(name: str, out: Any, hits: list[bool], stats: Any, columns: list[str]) -> None:
+    print(f"\n== {name}: {len(out)} rows ==")
+    print(out[columns].head(5).to_string(max_colwidth=48))
+    accuracy = sum(hits) / len(hits) if hits else 0.0
+    print(f"accuracy {accuracy:.1%}  |  {stats.summary()}")
+
+
+def run_demo(rows: int = 600, progress: bool = True) -> int:
+    demo_data = _demo_data()
+    table = load_table(DEMO_TABLE, rows)
+    with LLM.demo(progress=progress) as llm:
+        for kind, labels in (("review", demo_data.SENTIMENT_LABELS),
+                             ("ticket", demo_data.CATEGORY_LABELS)):
+            out, stats = classify_kind(table, kind, labels, llm)
+            hits = (out["predicted"] == out["label"]).fillna(False).tolist()
+            _report(f"classify {kind}s", out, hits, stats,
+                    ["text", "label", "predicted", "predicted_probability"])
+        invoices = table[table["kind"] == "invoice"]
+        schema = dict(demo_data.INVOICE_SCHEMA)
+        out = invoices.flexgen.extract("text", schema, llm=llm, prefix="pred_")
+        hits = extract_fields_match(out, list(schema))
+        _report("extract invoices", out, hits, llm.last_stats,
+                ["text", *[f"pred_{field}" for field in schema]])
+        print(f"\nplan: {llm.plan_text}")
+    return 0
