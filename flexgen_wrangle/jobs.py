@@ -8,6 +8,7 @@ built (and its arguments validated) before any model work; `check` validates a t
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
@@ -115,3 +116,23 @@ def append_columns(table: pa.Table | pa.RecordBatch, job: ColumnJob,
     if isinstance(table, pa.RecordBatch):
         return pa.RecordBatch.from_arrays(columns, schema=schema)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def blocks(reader: pa.RecordBatchReader, block_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches regrouped into blocks of `block_rows` rows (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        while batch.num_rows:
+            take = min(block_rows - count, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            batch, count = batch.slice(take), count + take
+            if count == block_rows:
+                yield _concat(pending, reader.schema)
+                pending, count = [], 0
+    if count:
+        yield _concat(pending, reader.schema)
+
+
+def _concat(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
+    return pa.Table.from_batches(batches, schema=schema).combine_chunks().to_batches()[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,12 @@ DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "examples" / "demo_model"
 
 
 class LLM:
-    """`fw.LLM(model_dir)`; tasks: `classify`, `extract`, `generate` over a text column."""
+    """`fw.LLM(model_dir)`; tasks: `classify`, `extract`, `generate` over a text column.
+
+    policy: "auto" (the planner places the engine for the first column it runs, when
+    `engine.plan` is available; else the engine's default), None (the engine's default), or an
+    `engine.Policy`. memory: budgets per tier, e.g. {"device": "2GiB", "host": "8GiB"}.
+    """
 
     def __init__(self, model_dir: str | Path, memory: dict[str, str | int] | None = None,
                  policy: Any = "auto", progress: bool = True, dtype: torch.dtype | None = None,
@@ -49,6 +55,7 @@ class LLM:
         self.stop_ids = _stop_ids(self.model_dir, self.config, self.tokenizer)
         self._engine: Engine | None = None
         self._constraints: JsonConstraints | None = None
+        self.plan: Any = None  # the planner's Plan, when it placed the engine
         self.last_stats: RunStats | None = None
 
     @classmethod
@@ -64,13 +71,42 @@ class LLM:
     # resources ----------------------------------------------------------------------------
     @property
     def engine(self) -> Engine:
+        """The engine, built on first use (with `policy`, unplanned)."""
         if self._engine is None or self._engine.closed:
-            logger.info("building the engine for %s", self.model_dir)
-            self._engine = Engine.from_pretrained(
-                self.model_dir, policy=self.policy, device=self.device, dtype=self.dtype,
-                offload_dir=self.offload_dir, memory=self.memory,
-            )
+            self._build(self.policy)
         return self._engine
+
+    def prepare(self, rows: int, lengths: list[int], gen_len: int, shared_prefix: int) -> Engine:
+        """The engine; when it is not built yet and the policy is "auto", it is placed by the
+        planner for this workload (rows, prompt lengths after the prefix, new tokens per row)."""
+        if self._engine is None or self._engine.closed:
+            policy = self.policy
+            if policy == "auto":
+                policy = self._planned_policy(rows, lengths, gen_len, shared_prefix)
+            self._build(policy)
+        return self._engine
+
+    def _planned_policy(self, rows: int, lengths: list[int], gen_len: int,
+                        shared_prefix: int) -> Any:
+        try:
+            from engine import Workload, plan
+        except ImportError:  # no planner in this build: the engine's own default
+            return "auto"
+        workload = Workload(rows=max(rows, 1), prompt_len=dict(Counter(lengths)),
+                            gen_len=max(gen_len, 1), shared_prefix=shared_prefix)
+        try:
+            self.plan = plan(self.model_dir, workload, memory=self.memory)
+        except Exception as err:  # planning is an optimisation: never fail the column for it
+            logger.warning("planning failed (%s); using the engine's default policy", err)
+            return "auto"
+        return self.plan.policy
+
+    def _build(self, policy: Any) -> None:
+        logger.info("building the engine for %s", self.model_dir)
+        self._engine = Engine.from_pretrained(
+            self.model_dir, policy=policy, device=self.device, dtype=self.dtype,
+            offload_dir=self.offload_dir, memory=self.memory,
+        )
 
     @property
     def constraints(self) -> JsonConstraints:
@@ -85,7 +121,9 @@ class LLM:
 
     @property
     def plan_text(self) -> str:
-        return repr(self.engine.policy)
+        """The policy the engine runs under (and why, when the planner chose it)."""
+        why = getattr(self.plan, "why", None)
+        return f"{self.engine.policy!r}" + (f"; planned: {why}" if why else "")
 
     def close(self) -> None:
         if self._engine is not None:

@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from flexgen_wrangle.jobs import ColumnJob, append_columns
+from flexgen_wrangle.jobs import ColumnJob, append_columns, blocks
 from flexgen_wrangle.stats import RunStats
-from udfs.arrow_stream import blocks
 
 logger = logging.getLogger(__name__)
 

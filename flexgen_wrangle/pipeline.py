@@ -92,7 +92,8 @@ def run_column(llm: Any, task: Task, texts: pa.Array,
 def _run_window(llm: Any, task: Task, distinct: Distinct, window: range,
                 options: PipelineOptions, stats: RunStats, results: dict, bar: tqdm) -> None:
     groups = _groups(llm, task, distinct, window, options.share_prefix)
-    block_rows = max(1, options.block_rows or llm.engine.policy.block_size)
+    engine = _prepare_engine(llm, task, groups, len(distinct.texts))
+    block_rows = max(1, options.block_rows or engine.policy.block_size)
     for group in groups:
         fits = _fitting(group, task.min_new_positions, llm.max_positions, distinct, stats, bar)
         if options.bucket:
@@ -100,6 +101,15 @@ def _run_window(llm: Any, task: Task, distinct: Distinct, window: range,
         for block in _chunks(fits, block_rows):
             _run_block(llm, task, group.prefix, block, distinct, stats, results)
             bar.update(sum(distinct.counts[index] for index, _ in block))
+
+
+def _prepare_engine(llm: Any, task: Task, groups: list[Group], rows: int) -> Any:
+    """The engine, planned for this column's workload if it is not built yet."""
+    lengths = [len(ids) for group in groups for _, ids in group.items]
+    prefix_len = len(groups[0].prefix or [])
+    room = llm.max_positions - prefix_len - max(lengths)
+    gen_len = max(1, min(max(task.min_new_positions, task.max_new_tokens), room))
+    return llm.prepare(rows, lengths, gen_len, prefix_len)
 
 
 def _fitting(group: Group, min_new: int, limit: int, distinct: Distinct, stats: RunStats,

@@ -98,5 +98,5 @@ def wrangle_llm(wrangle_model_dir: Path):
     """One fp32 LLM over the tiny Llama, shared by the wrangling and adapter tests."""
     import flexgen_wrangle as fw
 
-    with fw.LLM(wrangle_model_dir, progress=False, dtype=torch.float32) as llm:
+    with fw.LLM(wrangle_model_dir, progress=False, dtype=torch.float32, policy=None) as llm:
         yield llm

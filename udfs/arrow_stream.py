@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flexgen_wrangle.jobs import ColumnJob, append_columns
+from flexgen_wrangle.jobs import ColumnJob, append_columns, blocks
 from flexgen_wrangle.stats import RunStats
 
 DEFAULT_BLOCK_ROWS = 4096  # rows per pipeline run: big enough for dedup and length buckets
@@ -43,26 +43,6 @@ def extract_reader(reader: pa.RecordBatchReader, column: str, schema: Any, llm: 
 def generate_reader(reader: pa.RecordBatchReader, template: str, llm: Any,
                     **kwargs: Any) -> pa.RecordBatchReader:
     return map_reader(reader, "generate", llm, template=template, **kwargs)
-
-
-def blocks(reader: pa.RecordBatchReader, block_rows: int) -> Iterator[pa.RecordBatch]:
-    """Record batches regrouped into blocks of `block_rows` rows (the last may be shorter)."""
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for batch in reader:
-        while batch.num_rows:
-            take = min(block_rows - count, batch.num_rows)
-            pending.append(batch.slice(0, take))
-            batch, count = batch.slice(take), count + take
-            if count == block_rows:
-                yield _concat(pending, reader.schema)
-                pending, count = [], 0
-    if count:
-        yield _concat(pending, reader.schema)
-
-
-def _concat(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
-    return pa.Table.from_batches(batches, schema=schema).combine_chunks().to_batches()[0]
 
 
 def _mapped(reader: pa.RecordBatchReader, job: ColumnJob,

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 
 import flexgen_wrangle as fw
-from udfs.arrow_stream import blocks, classify_reader, extract_reader, generate_reader
+from flexgen_wrangle.jobs import blocks
+from udfs.arrow_stream import classify_reader, extract_reader, generate_reader
 
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string())])
 TEXTS = ["good", None, "bad", "good", "fine", "terrible", "ok"]

@@ -90,3 +90,20 @@ def test_errors_keep_column_and_row_through_pickle():
     assert isinstance(back, KeyError) and (back.column, back.row) == ("body", 3)
     assert str(back) == "column 'body', row 3: no such column"
     assert isinstance(pickle.loads(pickle.dumps(fw.SchemaError("bad"))), ValueError)
+
+
+def test_outputs_do_not_depend_on_the_policy(wrangle_model_dir, wrangle_llm):
+    from engine import Placement, Policy
+
+    texts = ["good", "bad", "so so", None]
+    expected = wrangle_llm.classify(texts, ["yes", "no"]).to_pylist()
+    offloaded = Policy(gpu_batch_size=1, num_gpu_batches=2, weights=Placement(50, 50, 0))
+    for policy in ("auto", offloaded):
+        with fw.LLM(wrangle_model_dir, progress=False, dtype=torch.float32, policy=policy) as llm:
+            got = llm.classify(texts, ["yes", "no"]).to_pylist()
+            assert llm.engine.policy.block_size >= 1 and llm.plan_text
+        for left, right in zip(expected, got, strict=True):
+            assert (left is None) == (right is None)
+            if left is not None:
+                assert left["label"] == right["label"]
+                assert left["probability"] == pytest.approx(right["probability"], abs=1e-5)
