@@ -72,7 +72,9 @@ class Engine:
         tiers = Tiers(Ledger(budgets), device, offload_dir)
         try:
             with CheckpointReader(model_dir) as reader:
-                weights = place_weights(reader, layers, policy.weights, dtype, tiers, progress)
+                weights = place_weights(
+                    reader, layers, policy.weights, dtype, tiers, policy.compress_weights, progress
+                )
         except BaseException:
             tiers.close()
             raise

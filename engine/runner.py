@@ -30,6 +30,7 @@ class BlockRunner:
         self.cfg, self.layers, self.weights, self.tiers = cfg, layers, weights, tiers
         self.dtype, self.batches, self.consumer = dtype, batches, consumer
         self.prefix = prefix or {}  # layer -> shared prefix cache [2, 1, K, P, D]
+        self.compress_cache = policy.compress_cache
         entries = len(layers) * len(batches)
         self.cache_tiers = choose_tiers([1] * entries, policy.cache)  # layer-major
         self.hidden_tiers = choose_tiers([1] * entries, policy.activations)
@@ -69,7 +70,7 @@ class BlockRunner:
     def _copy_prefix(self, placed: Placed, cache: torch.Tensor) -> None:
         """cache [2, B, K, S_cap, D] <- the shared prefix [2, 1, K, P, D] in columns :P."""
         prefix = self.tiers.fetch(placed, "shared prefix cache")
-        cache[:, :, :, : placed.shape[3]] = prefix.tensor
+        cache[:, :, :, : placed.logical_shape[3]] = prefix.tensor
         self.tiers.release(prefix)
 
     def store_cache(self, layer: int, batch_idx: int, lease: Lease) -> None:
@@ -78,19 +79,20 @@ class BlockRunner:
         what = f"KV cache of layer {layer}"
         if entry is None:
             tier = self.cache_tiers[self._entry(layer, batch_idx)]
-            entry = CacheEntry(self._home(tier, lease, what), version=len(batch.keeps))
+            entry = CacheEntry(self._home(tier, lease, what, self.compress_cache),
+                               version=len(batch.keeps))
             batch.caches[layer] = entry
             return
         self.tiers.write_back(entry.placed, lease.tensor, what)
         self.tiers.release(lease)
 
-    def _home(self, tier: str, lease: Lease, what: str) -> Placed:
+    def _home(self, tier: str, lease: Lease, what: str, compress: bool = False) -> Placed:
         """Home a device lease on `tier`: a device lease is handed over without a copy."""
-        if tier == "device":
+        if tier == "device" and not compress:
             placed = Placed("device", tuple(lease.tensor.shape), lease.tensor.dtype, lease.tensor)
             lease.charged = 0  # the charge now belongs to the home
             return placed
-        placed = self.tiers.put(tier, lease.tensor, what)
+        placed = self.tiers.put(tier, lease.tensor, what, compress)
         self.tiers.release(lease)
         return placed
 

@@ -44,7 +44,7 @@ def _read_checked(reader: CheckpointReader, spec, dtype: torch.dtype) -> torch.T
 
 def place_weights(
     reader: CheckpointReader, layers: list[LayerSpec], placement: Placement, dtype: torch.dtype,
-    tiers: Tiers, progress: bool = False,
+    tiers: Tiers, compress: bool = False, progress: bool = False,
 ) -> list[LayerWeights]:
     """Read every weight once and home it on its tier; returns one dict per layer."""
     placed_layers: list[LayerWeights] = []
@@ -53,6 +53,8 @@ def place_weights(
         placed: LayerWeights = {}
         for spec, tier in zip(layer.weights, choose_tiers(sizes, placement), strict=True):
             tensor = _read_checked(reader, spec, dtype)
-            placed[spec.name] = tiers.put(tier, tensor, f"weight {spec.source}")
+            # 4-bit codes for matrices only: norms and biases are tiny and precision-sensitive
+            packed = compress and len(spec.shape) == 2
+            placed[spec.name] = tiers.put(tier, tensor, f"weight {spec.source}", compress=packed)
         placed_layers.append(placed)
     return placed_layers

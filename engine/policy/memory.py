@@ -10,6 +10,7 @@ from itertools import pairwise
 
 import torch
 
+from engine.compression import plan_quant
 from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.model.workspace import workspace_bytes
@@ -21,23 +22,45 @@ def _sizes(layer: LayerSpec, itemsize: int) -> list[int]:
     return [int(torch.Size(spec.shape).numel()) * itemsize for spec in layer.weights]
 
 
+def _stored_sizes(layer: LayerSpec, itemsize: int, compress: bool) -> list[int]:
+    """Bytes each weight occupies in its home: 4-bit codes plus group scales for matrices."""
+    if not compress:
+        return _sizes(layer, itemsize)
+    dtype = {2: torch.bfloat16, 4: torch.float32}[itemsize]
+    return [
+        plan_quant(spec.shape, dtype).nbytes if len(spec.shape) == 2
+        else int(torch.Size(spec.shape).numel()) * itemsize
+        for spec in layer.weights
+    ]
+
+
 def weight_home_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) -> dict[str, int]:
     """Bytes of weights homed on each tier."""
     homes = dict.fromkeys(TIERS, 0)
     for layer in layers:
-        sizes = _sizes(layer, itemsize)
-        for size, tier in zip(sizes, choose_tiers(sizes, policy.weights), strict=True):
+        tiers = choose_tiers(_sizes(layer, itemsize), policy.weights)
+        for size, tier in zip(_stored_sizes(layer, itemsize, policy.compress_weights), tiers,
+                              strict=True):
             homes[tier] += size
     return homes
 
 
+def _working_bytes(full: int, stored: int, tier: str) -> int:
+    """Device bytes one weight takes while its layer computes, beyond its home."""
+    compressed = stored != full
+    if not compressed:
+        return 0 if tier == "device" else full
+    return full if tier == "device" else full + stored  # codes copied in, then dequantized
+
+
 def weight_load_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) -> list[int]:
-    """Per layer, the bytes that must be copied onto the device to compute it."""
+    """Per layer, the device bytes its weights take while it computes, beyond their homes."""
     loads = []
     for layer in layers:
         sizes = _sizes(layer, itemsize)
         tiers = choose_tiers(sizes, policy.weights)
-        loads.append(sum(size for size, tier in zip(sizes, tiers, strict=True) if tier != "device"))
+        stored = _stored_sizes(layer, itemsize, policy.compress_weights)
+        loads.append(sum(_working_bytes(*item) for item in zip(sizes, stored, tiers, strict=True)))
     return loads
 
 

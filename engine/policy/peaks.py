@@ -89,12 +89,12 @@ class _Token:
     prefix: list[tuple[str, int]] | None = None  # [layer] (tier, bytes) of the shared prefix
 
 
-def _run_token(ledger: _Ledger, token: _Token, steps: list, lag: bool) -> None:
-    """`lag`: stores run on the I/O pool and finish after the next compute (overlap on),
-    except that a hidden state's load waits for its store, as the executor makes it."""
+def _run_token(ledger: _Ledger, token: _Token, steps: list, lag: int) -> None:
+    """`lag`: computes a store's device release may trail behind (0: at once), except that a
+    hidden state's load waits for its store, as the executor makes it."""
     stored: set[tuple[int, int]] = set()
     deferred: set[tuple[int, int]] = set()
-    pending: dict[tuple, list[tuple[str, int]]] = {}  # in-flight stores -> their charges
+    pending: dict[tuple, list] = {}  # in-flight store -> [computes left, its releases]
     for step in steps:
         if isinstance(step, LoadWeights | FreeWeights):
             sign = 1 if isinstance(step, LoadWeights) else -1
@@ -112,16 +112,15 @@ def _run_token(ledger: _Ledger, token: _Token, steps: list, lag: bool) -> None:
                 _settle(ledger, pending, ("hidden", step.layer - 1, step.batch))
                 _load_hidden(ledger, token, step.layer, step.batch)
             _compute(ledger, token, step.layer, step.batch)
-            _settle(ledger, pending)
+            _tick(ledger, pending)
         elif isinstance(step, StoreCache):
             charges = _store(token.cache_tiers, token.cache, step, token.phase == "prefill")
-            pending[step] = _charge_new_home(ledger, charges)
+            pending[step] = [lag, _charge_new_home(ledger, charges)]
         elif isinstance(step, StoreHidden):
             charges = _store(token.hidden_tiers, token.hidden, step, True)
-            pending["hidden", step.layer, step.batch] = _charge_new_home(ledger, charges)
+            pending["hidden", step.layer, step.batch] = [lag, _charge_new_home(ledger, charges)]
             stored.add((step.layer, step.batch))
-        if not lag:
-            _settle(ledger, pending)
+        _tick(ledger, pending, 0)
     _settle(ledger, pending)
 
 
@@ -134,12 +133,19 @@ def _charge_new_home(ledger: _Ledger, charges: list[tuple[str, int]]) -> list[tu
     return [(tier, num_bytes) for tier, num_bytes in charges if num_bytes <= 0]
 
 
-def _settle(ledger: _Ledger, pending: dict[tuple, list[tuple[str, int]]],
-            key: tuple | None = None) -> None:
+def _tick(ledger: _Ledger, pending: dict[tuple, list], computes: int = 1) -> None:
+    """`computes` more computes have run: finish the stores whose lag has run out."""
+    for key in list(pending):
+        pending[key][0] -= computes
+        if pending[key][0] <= 0:
+            _settle(ledger, pending, key)
+
+
+def _settle(ledger: _Ledger, pending: dict[tuple, list], key: tuple | None = None) -> None:
     """Finish the in-flight store `key` (all of them when None)."""
     keys = list(pending) if key is None else [key] if key in pending else []
     for done in keys:
-        for tier, num_bytes in pending.pop(done):
+        for tier, num_bytes in pending.pop(done)[1]:
             ledger.add(tier, num_bytes)
 
 
@@ -202,10 +208,12 @@ def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: Blo
 
 
 def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: BlockShape,
-                dtype: torch.dtype, lag: bool | None = None) -> dict[str, int]:
-    """Predicted `engine.stats.peak_bytes` for generating one block of `shape` (the largest)."""
+                dtype: torch.dtype, lag: int = 1) -> dict[str, int]:
+    """Predicted `engine.stats.peak_bytes` for generating one block of `shape` (the largest).
+    `lag`: how many computes a store to the host or disk may trail (overlap on): 1 is what a
+    quiet machine shows, 2 a bound for planning."""
     itemsize = dtype.itemsize
-    lag = policy.overlap if lag is None else lag
+    lag = lag if policy.overlap else 0  # without overlap every step runs in order
     ledger = _Ledger(weight_home_bytes(layers, policy, itemsize))
     has_cache = [layer.kind == "decoder" for layer in layers]
     prefix = None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from engine.compression import QuantMeta, dequantize, quantize
 from engine.storage import disk
 from engine.storage.ledger import Ledger
 
@@ -29,10 +30,16 @@ class Placed:
     dtype: torch.dtype
     tensor: torch.Tensor | None = None
     path: Path | None = None
+    quant: QuantMeta | None = None  # set when the home holds 4-bit codes of the tensor
 
     @property
     def nbytes(self) -> int:
         return _nbytes(self.shape, self.dtype)
+
+    @property
+    def logical_shape(self) -> tuple[int, ...]:
+        """Shape of the tensor it stands for (the stored buffer is flat when compressed)."""
+        return self.quant.shape if self.quant is not None else self.shape
 
 
 @dataclass
@@ -66,9 +73,12 @@ class Tiers:
     def close(self) -> None:
         shutil.rmtree(self.offload_dir, ignore_errors=True)
 
-    def put(self, tier: str, tensor: torch.Tensor, what: str) -> Placed:
-        """Home a copy of `tensor` on `tier`."""
-        placed = Placed(tier, tuple(tensor.shape), tensor.dtype)
+    def put(self, tier: str, tensor: torch.Tensor, what: str, compress: bool = False) -> Placed:
+        """Home a copy of `tensor` on `tier`, as 4-bit codes when `compress`."""
+        quant = None
+        if compress:
+            tensor, quant = quantize(tensor)
+        placed = Placed(tier, tuple(tensor.shape), tensor.dtype, quant=quant)
         self.ledger.allocate(tier, placed.nbytes, what)
         try:
             self._store(placed, tensor)
@@ -81,6 +91,8 @@ class Tiers:
         """Refresh `placed` from a device tensor, which may have a new shape (rows removed)."""
         if placed.tier == "device" and tensor is placed.tensor:
             return
+        if placed.quant is not None:
+            tensor, placed.quant = quantize(tensor)
         new_bytes = _nbytes(tuple(tensor.shape), tensor.dtype)
         if new_bytes != placed.nbytes:
             self.ledger.free(placed.tier, placed.nbytes)
@@ -100,6 +112,8 @@ class Tiers:
 
     def fetch(self, placed: Placed, what: str) -> Lease:
         """A tensor on the compute device with `placed`'s contents."""
+        if placed.quant is not None:
+            return self._fetch_compressed(placed, what)
         if placed.tier == "device":
             return Lease(placed.tensor, 0)
         self.ledger.allocate("device", placed.nbytes, what)
@@ -109,6 +123,13 @@ class Tiers:
             tensor = self._read_disk(placed)
         self.ledger.record_move(placed.tier, "device", placed.nbytes)
         return Lease(tensor, placed.nbytes)
+
+    def _fetch_compressed(self, placed: Placed, what: str) -> Lease:
+        codes = self.fetch(Placed(placed.tier, placed.shape, placed.dtype, placed.tensor,
+                                  placed.path), what)
+        lease = self.adopt(dequantize(codes.tensor, placed.quant), what)
+        self.release(codes)
+        return lease
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, what: str) -> Lease:
         """A fresh zeroed working buffer on the compute device."""

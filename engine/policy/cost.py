@@ -1,0 +1,129 @@
+"""The cost model: seconds per token of a block, per layer kind, as linear functions of where
+weights, KV cache and activations sit.
+
+A placement is a set of fractions, one per (kind, tier), e.g. "weights.host" = 0.3. Every I/O
+term is linear in them, so the same expressions give a concrete policy's time (`evaluate`) and
+the LP's constraints (`engine.policy.solver`). Per layer and token: with overlap the slowest of
+compute and each link sets the pace (the I/O pool runs links side by side); without, they add.
+Compute is the larger of FLOPs / matmul rate and bytes touched / memory bandwidth, plus the
+fixed cost of one call, for each GPU batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.config import ModelConfig
+from engine.model import LayerSpec
+from engine.policy.hardware import HardwareProfile
+from engine.policy.memory import cache_entry_bytes, hidden_bytes
+
+KINDS = ("embed", "decoder", "head")
+Expr = dict[str, float]  # fraction name ("cache.disk") -> seconds per unit of that fraction
+
+
+@dataclass(frozen=True)
+class Batch:
+    rows: int
+    width: int  # prompt width (its longest prompt)
+
+
+@dataclass
+class LayerCost:
+    """One layer of a kind, one token of a block."""
+
+    count: int  # layers of this kind
+    compute_s: float
+    links: dict[str, Expr] = field(default_factory=dict)  # link -> seconds (linear)
+
+    def io(self, link: str, var: str, seconds: float) -> None:
+        expr = self.links.setdefault(link, {})
+        expr[var] = expr.get(var, 0.0) + seconds
+
+
+class _Mover:
+    """Adds the link seconds of fetching to / storing from the device, per home tier."""
+
+    def __init__(self, profile: HardwareProfile) -> None:
+        self.bw, self.latency = profile.bandwidth, profile.disk_latency_s
+        self.gpu = profile.device == "cuda"
+
+    def fetch(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1) -> None:
+        cost.io("host->device", f"{what}.host", num_bytes / self.bw["host->device"])
+        cost.io("disk->host", f"{what}.disk", num_bytes / self.bw["disk->host"] + files * self.latency)
+        if self.gpu:  # disk reads land in host memory, then cross to the GPU
+            cost.io("host->device", f"{what}.disk", num_bytes / self.bw["host->device"])
+
+    def store(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1) -> None:
+        cost.io("device->host", f"{what}.host", num_bytes / self.bw["device->host"])
+        cost.io("host->disk", f"{what}.disk", num_bytes / self.bw["host->disk"] + files * self.latency)
+        if self.gpu:
+            cost.io("device->host", f"{what}.disk", num_bytes / self.bw["device->host"])
+
+
+def _weight_stats(layer: LayerSpec, itemsize: int) -> tuple[int, int, int]:
+    """(bytes, tensors, parameters used in matmuls per token) of one layer."""
+    sizes = [int(torch.Size(spec.shape).numel()) for spec in layer.weights]
+    gathered = {"tokens", "positions"}  # embedding tables are looked up, not multiplied
+    matmul = sum(size for spec, size in zip(layer.weights, sizes, strict=True)
+                 if len(spec.shape) == 2 and spec.name not in gathered)
+    return sum(sizes) * itemsize, len(sizes), matmul
+
+
+def _compute_s(cfg: ModelConfig, layer: LayerSpec, batch: Batch, new: int, attended: float,
+               profile: HardwareProfile, dtype: torch.dtype) -> float:
+    weight_bytes, _, matmul = _weight_stats(layer, dtype.itemsize)
+    tokens = batch.rows * (1 if layer.kind == "head" else new)  # the head sees last positions
+    flops = 2 * tokens * matmul
+    touched = weight_bytes + tokens * cfg.hidden_size * dtype.itemsize * 2
+    if layer.kind == "decoder":
+        flops += 4 * batch.rows * cfg.num_heads * new * attended * cfg.head_dim
+        touched += 2 * batch.rows * cfg.num_kv_heads * attended * cfg.head_dim * dtype.itemsize
+    busy = max(flops / profile.flops(dtype), touched / profile.bandwidth["device->device"])
+    return busy + profile.call_overhead_s
+
+
+def token_costs(
+    cfg: ModelConfig, layers: list[LayerSpec], batches: list[Batch], gen_len: int,
+    prefix_len: int, phase: str, profile: HardwareProfile, dtype: torch.dtype,
+) -> dict[str, LayerCost]:
+    """Per layer kind, the cost of one token of a block of `batches` (decode: an average step)."""
+    mover, itemsize = _Mover(profile), dtype.itemsize
+    costs: dict[str, LayerCost] = {}
+    for kind in KINDS:
+        layer = next(spec for spec in layers if spec.kind == kind)
+        weight_bytes, tensors, _ = _weight_stats(layer, itemsize)
+        cost = LayerCost(sum(spec.kind == kind for spec in layers), 0.0)
+        mover.fetch(cost, "weights", weight_bytes, tensors)
+        for batch in batches:
+            new = batch.width if phase == "prefill" else 1
+            attended = prefix_len + batch.width + (0 if phase == "prefill" else gen_len / 2)
+            cost.compute_s += _compute_s(cfg, layer, batch, new, attended, profile, dtype)
+            hidden = hidden_bytes(cfg, batch.rows, new, itemsize)
+            if kind != "head":
+                mover.store(cost, "activations", hidden)
+            if kind != "embed":
+                mover.fetch(cost, "activations", hidden)
+            if kind == "decoder":
+                cache = cache_entry_bytes(cfg, batch.rows, prefix_len + batch.width + gen_len,
+                                          itemsize)
+                if phase == "decode":
+                    mover.fetch(cost, "cache", cache)
+                mover.store(cost, "cache", cache)
+        costs[kind] = cost
+    return costs
+
+
+def layer_seconds(cost: LayerCost, fractions: dict[str, float], overlap: bool) -> float:
+    links = [sum(coeff * fractions.get(var, 0.0) for var, coeff in expr.items())
+             for expr in cost.links.values()]
+    return max([cost.compute_s, *links]) if overlap else cost.compute_s + sum(links)
+
+
+def token_seconds(costs: dict[str, LayerCost], fractions: dict[str, dict[str, float]],
+                  overlap: bool) -> float:
+    """`fractions`: per layer kind (a concrete policy splits each layer a little differently)."""
+    return sum(cost.count * layer_seconds(cost, fractions[kind], overlap)
+               for kind, cost in costs.items())

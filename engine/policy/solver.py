@@ -1,0 +1,236 @@
+"""The placement solver: for each candidate block shape (gpu_batch_size, num_gpu_batches), an LP
+over where weights, cache and activations live; the fastest policy that fits wins.
+
+Candidates are visited best bound first (compute alone, plus the bytes that cannot stay on the
+device moved at the fastest link), and the search stops once no bound beats the best plan
+found. Each LP answer is rounded to a `Policy` and checked against the exact replay of the
+engine's ledger; when the rounding overshoots a tier, that tier's LP budget shrinks and the
+candidate is solved again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.config import ModelConfig
+from engine.model import LayerSpec
+from engine.policy.cost import LayerCost, layer_seconds, token_costs
+from engine.policy.hardware import HardwareProfile
+from engine.policy.lp import PHASES, LpResult, memory_terms, solve_lp
+from engine.policy.peaks import BlockShape, block_peaks
+from engine.policy.policy import TIERS, Placement, Policy
+from engine.policy.predict import (
+    PLANNING_LAG,
+    Prediction,
+    policy_fractions,
+    predict,
+    table_blocks,
+)
+from engine.policy.workload import Workload
+from engine.storage import MemoryBudgetError
+from engine.storage.ledger import format_bytes
+
+MAX_GPU_BATCH = 1024  # beyond this a bigger GPU batch buys nothing but workspace
+MAX_GPU_BATCHES = 64
+REFITS = 4  # LP re-solves per candidate when rounding overshoots a budget
+
+
+@dataclass(frozen=True)
+class Plan:
+    policy: Policy
+    tokens_per_s: float  # predicted, generated tokens over the whole table
+    peak_bytes: dict[str, int]  # predicted peaks per tier
+    why: str  # the binding constraint, in words
+    prediction: Prediction | None = None
+
+
+@dataclass(frozen=True)
+class _Problem:
+    cfg: ModelConfig
+    layers: list[LayerSpec]
+    workload: Workload
+    budgets: dict[str, int]
+    profile: HardwareProfile
+    dtype: torch.dtype
+    lengths: np.ndarray  # prompt lengths, longest first
+
+
+def candidates(rows: int) -> list[tuple[int, int]]:
+    """(gpu_batch_size, num_gpu_batches) with blocks of at most `rows` rows: powers of two, and
+    the shapes whose block is the whole table."""
+    sizes = {1 << p for p in range(11) if 1 << p <= min(rows, MAX_GPU_BATCH)}
+    sizes.add(min(rows, MAX_GPU_BATCH))
+    shapes = set()
+    for size in sizes:
+        counts = {1 << p for p in range(7) if size * (1 << p) <= rows}
+        counts.add(min(rows // size, MAX_GPU_BATCHES))
+        shapes |= {(size, count) for count in counts if 1 <= count <= MAX_GPU_BATCHES}
+    return sorted(shapes)
+
+
+def _groups(problem: _Problem, size: int, count: int) -> list:
+    wl = problem.workload
+    groups = []
+    for blocks, batches in table_blocks(problem.lengths, size, count):
+        phases = {phase: token_costs(problem.cfg, problem.layers, batches, wl.gen_len,
+                                     wl.shared_prefix, phase, problem.profile, problem.dtype)
+                  for phase in PHASES}
+        if wl.gen_len == 1:
+            phases.pop("decode")
+        groups.append((blocks, phases))
+    return groups
+
+
+def _bound(problem: _Problem, groups: list, terms) -> float:
+    """Seconds no placement of this candidate can beat: compute, and the decode I/O of bytes
+    that cannot stay on the device moved at the fastest link."""
+    fastest = sum(problem.profile.bandwidth[link] for link in ("host->device", "disk->host"))
+    excess = max(0, terms.weights + terms.cache - problem.budgets["device"])
+    total = 0.0
+    for blocks, phases in groups:
+        for phase, costs in phases.items():
+            tokens = 1 if phase == "prefill" else problem.workload.gen_len - 1
+            compute = sum(cost.count * cost.compute_s for cost in costs.values())
+            io = excess / fastest if phase == "decode" else 0.0
+            total += blocks * tokens * max(compute, io)
+    return total
+
+
+def _round(size: int, count: int, fractions: dict[str, float], overlap: bool) -> Policy:
+    def placement(what: str) -> Placement:
+        device = round(100 * fractions[f"{what}.device"], 1)
+        host = min(round(100 * fractions[f"{what}.host"], 1), 100 - device)
+        return Placement(device, host, round(100 - device - host, 1))
+
+    return Policy(size, count, placement("weights"), placement("cache"), placement("activations"),
+                  overlap=overlap)
+
+
+def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list
+         ) -> tuple[Policy, LpResult] | None:
+    wl = problem.workload
+    shape_policy = Policy(size, count)
+    shape = BlockShape.first_block(problem.lengths, shape_policy, wl.gen_len, wl.shared_prefix)
+    terms = memory_terms(problem.cfg, problem.layers, shape, problem.dtype, overlap, PLANNING_LAG)
+    budgets = {tier: float(problem.budgets[tier]) for tier in TIERS}
+    for _ in range(REFITS + 1):
+        result = solve_lp(terms, groups, wl.gen_len, budgets, overlap)
+        if result is None:
+            return None
+        policy = _round(size, count, result.fractions, overlap)
+        peaks = block_peaks(problem.cfg, problem.layers, policy, shape, problem.dtype,
+                            lag=PLANNING_LAG)
+        over = {tier: peaks[tier] - problem.budgets[tier] for tier in TIERS
+                if peaks[tier] > problem.budgets[tier]}
+        if not over:
+            return policy, result
+        for tier, excess in over.items():
+            budgets[tier] -= excess * 1.05 + 64
+    return None
+
+
+def _minimum_check(problem: _Problem) -> None:
+    """Fail with the numbers when not even one row of the longest prompt can run."""
+    wl, off = problem.workload, Placement.on("disk")
+    one_row = Policy(1, 1, off, off, off, overlap=False)
+    shape = BlockShape((1,), (int(problem.lengths[0]),), wl.gen_len, wl.shared_prefix)
+    device = block_peaks(problem.cfg, problem.layers, one_row, shape, problem.dtype, lag=0)
+    budgets = problem.budgets
+    if device["device"] > budgets["device"]:
+        raise MemoryBudgetError(
+            f"no placement fits even one row: the device tier needs at least "
+            f"{format_bytes(device['device'])} (working set of one layer, one row of "
+            f"{shape.widths[0]} + {wl.gen_len} tokens, everything else offloaded); its budget is "
+            f"{format_bytes(budgets['device'])}")
+    spare = budgets["host"] + budgets["disk"] + budgets["device"] - device["device"]
+    if device["disk"] > spare:
+        raise MemoryBudgetError(
+            f"no placement fits even one row: the weights and one row's cache need at least "
+            f"{format_bytes(device['disk'])} on the host and disk tiers together (besides the "
+            f"device's working set); their budgets total {format_bytes(spare)}")
+
+
+def _search(problem: _Problem) -> tuple[Policy, Prediction] | None:
+    entries = []
+    for size, count in candidates(problem.workload.rows):
+        groups = _groups(problem, size, count)
+        shape = BlockShape.first_block(problem.lengths, Policy(size, count),
+                                       problem.workload.gen_len, problem.workload.shared_prefix)
+        terms = memory_terms(problem.cfg, problem.layers, shape, problem.dtype, True, 0)
+        bound = _bound(problem, groups, terms)
+        entries += [(bound, -size * count, size, count, overlap, groups)
+                    for overlap in (True, False)]
+    entries.sort(key=lambda entry: entry[:2])
+    best: tuple[Policy, Prediction] | None = None
+    for bound, _, size, count, overlap, groups in entries:
+        if best is not None and bound >= best[1].total_s:
+            break
+        fitted = _fit(problem, size, count, overlap, groups)
+        if fitted is None:
+            continue
+        prediction = predict(problem.cfg, problem.layers, fitted[0], problem.workload,
+                             problem.profile, problem.dtype)
+        if best is None or prediction.total_s < best[1].total_s:
+            best = fitted[0], prediction
+    return best
+
+
+def _pace(problem: _Problem, policy: Policy) -> str:
+    """What sets the pace of a decoder layer at the dominant phase."""
+    phase = "decode" if problem.workload.gen_len > 1 else "prefill"
+    batches = table_blocks(problem.lengths, policy.gpu_batch_size, policy.num_gpu_batches)[0][1]
+    cost = token_costs(problem.cfg, problem.layers, batches, problem.workload.gen_len,
+                       problem.workload.shared_prefix, phase, problem.profile,
+                       problem.dtype)["decoder"]
+    fractions = policy_fractions(problem.layers, policy, problem.dtype.itemsize)["decoder"]
+    links = {link: layer_seconds(LayerCost(1, 0.0, {link: expr}), fractions, True)
+             for link, expr in cost.links.items()}
+    link, seconds = max(links.items(), key=lambda item: item[1])
+    if seconds <= cost.compute_s:
+        return f"{phase} is compute-bound"
+    return f"{phase} waits on {link} transfers ({seconds / cost.compute_s:.1f}x the compute)"
+
+
+def _why(problem: _Problem, policy: Policy, prediction: Prediction) -> str:
+    budgets, bound = problem.budgets, prediction.peak_bound
+    full = [tier for tier in TIERS if bound[tier] >= 0.9 * budgets[tier] and bound[tier] > 0]
+    memory = ", ".join(f"{tier} {format_bytes(bound[tier])} of {format_bytes(budgets[tier])}"
+                       for tier in full)
+    parts = [f"memory binds ({memory})" if full else
+             f"memory does not bind (device {format_bytes(bound['device'])} of "
+             f"{format_bytes(budgets['device'])})"]
+    shares = ", ".join(
+        f"{what} {'/'.join(f'{getattr(placement, tier):g}' for tier in TIERS)}"
+        for what, placement in (("weights", policy.weights), ("cache", policy.cache),
+                                ("activations", policy.activations)))
+    parts.append(f"device/host/disk %: {shares}")
+    parts.append(_pace(problem, policy))
+    rows = problem.workload.rows
+    block = f"block {policy.gpu_batch_size}x{policy.num_gpu_batches}"
+    parts.append(f"{block} holds the whole table ({rows} rows)" if policy.block_size >= rows
+                 else block)
+    return "; ".join(parts)
+
+
+def solve(cfg: ModelConfig, layers: list[LayerSpec], workload: Workload, budgets: dict[str, int],
+          profile: HardwareProfile, dtype: torch.dtype) -> Plan:
+    """The fastest policy for `workload` within `budgets` (bytes per tier)."""
+    extra = workload.gen_len + workload.shared_prefix
+    if cfg.family == "opt" and workload.max_prompt_len + extra > cfg.max_positions:
+        raise ValueError(
+            f"prompts of {workload.max_prompt_len} tokens with {extra} more columns exceed the "
+            f"model's {cfg.max_positions} positions")
+    problem = _Problem(cfg, layers, workload, dict(budgets), profile, dtype, workload.lengths())
+    _minimum_check(problem)
+    best = _search(problem)
+    if best is None:
+        raise MemoryBudgetError(
+            "no block shape fits the budgets ("
+            + ", ".join(f"{tier} {format_bytes(budgets[tier])}" for tier in TIERS)
+            + "); raise the device budget")
+    policy, prediction = best
+    return Plan(policy, prediction.tokens_per_s, prediction.peak_bytes,
+                _why(problem, policy, prediction), prediction)
