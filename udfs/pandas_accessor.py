@@ -1,8 +1,9 @@
 """`df.flexgen` and `series.flexgen`: registered by `import flexgen_wrangle`.
 
 Every method validates first (columns, labels, schema, template), returns a NEW object and never
-touches its input. Result columns are Arrow-backed (`pd.ArrowDtype`), so they are nullable and
-keep their types (int64, date32, list<string>, struct, ...).
+touches its input; a new DataFrame carries the run's stats in `attrs["flexgen_stats"]`. Result
+columns are Arrow-backed (`pd.ArrowDtype`), so they are nullable and keep their types (int64,
+date32, list<string>, struct, ...).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class FlexgenFrameAccessor:
         out = self._frame.copy(deep=False)
         for field, array in zip(job.output_fields, arrays, strict=True):
             out[field.name] = to_pandas(array, self._frame.index)
+        out.attrs = {**self._frame.attrs, "flexgen_stats": job.llm.last_stats.as_dict()}
         return out
 
 

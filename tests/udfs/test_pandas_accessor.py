@@ -34,6 +34,7 @@ def test_classify_adds_label_and_probability(wrangle_llm, frame):
     assert out["sentiment"].dtype == pd.ArrowDtype(pa.string())
     assert out["sentiment_probability"].dtype == pd.ArrowDtype(pa.float64())
     assert out["sentiment"].isna().tolist() == [False, True, False, False]
+    assert out.attrs["flexgen_stats"]["rows"] == 4 and "flexgen_stats" not in frame.attrs
     direct = fw.classify(frame["body"].tolist(), LABELS, llm=wrangle_llm).to_pylist()
     assert [row and row["label"] for row in direct] == \
         [None if pd.isna(value) else value for value in out["sentiment"]]
