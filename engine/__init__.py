@@ -2,8 +2,12 @@
 
 from engine.config import ModelConfig
 from engine.engine import Engine
+from engine.policy import Plan, Workload, plan
 from engine.policy.policy import Placement, Policy
 from engine.sampling import SamplingParams
 from engine.storage import MemoryBudgetError
 
-__all__ = ["Engine", "MemoryBudgetError", "ModelConfig", "Placement", "Policy", "SamplingParams"]
+__all__ = [
+    "Engine", "MemoryBudgetError", "ModelConfig", "Placement", "Plan", "Policy", "SamplingParams",
+    "Workload", "plan",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,9 +12,13 @@ import torch
 
 from engine.config import ModelConfig
 from engine.model import LayerSpec
-from engine.policy.memory import minimum_bytes
-from engine.policy.policy import TIERS, Placement, Policy
+from engine.policy.hardware import load_profile, nominal_profile
+from engine.policy.policy import TIERS, Policy
+from engine.policy.solver import solve
+from engine.policy.workload import Workload
 from engine.storage import parse_bytes
+
+logger = logging.getLogger(__name__)
 
 HEADROOM = 0.8  # leave a fifth of what is free for the rest of the process and the OS
 
@@ -60,16 +65,23 @@ def default_budgets(
     return {tier: parse_bytes(memory.get(tier, int(defaults[tier]))) for tier in TIERS}
 
 
+def nominal_workload(cfg: ModelConfig) -> Workload:
+    """What the engine plans for before it sees a table: FlexGen's benchmark shape (512-token
+    prompts, 32 new tokens), shortened to fit the model's positions."""
+    gen_len = max(1, min(32, cfg.max_positions // 4))
+    return Workload(rows=256, prompt_len=max(1, min(512, cfg.max_positions // 2)), gen_len=gen_len)
+
+
 def default_policy(
-    cfg: ModelConfig, layers: list[LayerSpec], dtype: torch.dtype, budgets: dict[str, int]
+    cfg: ModelConfig, layers: list[LayerSpec], dtype: torch.dtype, budgets: dict[str, int],
+    device: torch.device | None = None, offload_dir: str | Path | None = None,
 ) -> Policy:
-    """Weights on the fastest tier that holds them (spilling device -> host -> disk by tenths),
-    cache and activations on the device; a block of 4 x 16 rows."""
-    for device_pct in range(100, -1, -10):
-        for host_pct in range(100 - device_pct, -1, -10):
-            weights = Placement(device_pct, host_pct, 100 - device_pct - host_pct)
-            policy = Policy(gpu_batch_size=16, num_gpu_batches=4, weights=weights)
-            needs = minimum_bytes(cfg, layers, policy, dtype)
-            if all(needs[tier] <= budgets[tier] for tier in TIERS):
-                return policy
-    return Policy(gpu_batch_size=16, num_gpu_batches=4, weights=Placement.on("disk"))
+    """The LP solver's policy for a nominal workload on this machine's measured profile.
+    Raises MemoryBudgetError (with the minimum and the tier) when not even one row fits."""
+    device = resolve_device(device)
+    try:
+        profile = load_profile(device, offload_dir)
+    except OSError as err:  # nowhere to measure the disk: plan with typical rates
+        logger.warning("cannot measure this machine (%s); planning with typical rates", err)
+        profile = nominal_profile(device.type)
+    return solve(cfg, layers, nominal_workload(cfg), budgets, profile, dtype).policy

@@ -65,7 +65,7 @@ class Engine:
         budgets = default_budgets(device, offload_dir, memory)
         layers = layer_specs(cfg)
         if policy is None or policy == "auto":
-            policy = default_policy(cfg, layers, dtype, budgets)
+            policy = default_policy(cfg, layers, dtype, budgets, device, offload_dir)
         elif not isinstance(policy, Policy):
             raise TypeError(f"policy must be None, 'auto' or a Policy, got {policy!r}")
         _check_fits(cfg, layers, policy, dtype, budgets)

@@ -31,6 +31,7 @@ class BlockRunner:
         self.dtype, self.batches, self.consumer = dtype, batches, consumer
         self.prefix = prefix or {}  # layer -> shared prefix cache [2, 1, K, P, D]
         self.compress_cache = policy.compress_cache
+        self.cpu_attention = policy.cpu_attention
         entries = len(layers) * len(batches)
         self.cache_tiers = choose_tiers([1] * entries, policy.cache)  # layer-major
         self.hidden_tiers = choose_tiers([1] * entries, policy.activations)
@@ -60,12 +61,20 @@ class BlockRunner:
             if layer in self.prefix:
                 self._copy_prefix(self.prefix[layer], lease.tensor)
             return lease
-        lease = self.tiers.fetch(entry.placed, f"KV cache of layer {layer}")
+        if self._attend_at_home(entry.placed):
+            lease = Lease(entry.placed.tensor, 0)  # used in place, where it lives
+        else:
+            lease = self.tiers.fetch(entry.placed, f"KV cache of layer {layer}")
         if entry.version < len(batch.keeps):  # rows finished since this cache was stored
             tensor = batch.catch_up(entry, lease.tensor)
             self.tiers.release(lease)
             lease = self.tiers.adopt(tensor, f"KV cache of layer {layer}")
         return lease
+
+    def _attend_at_home(self, placed: Placed) -> bool:
+        """cpu_attention: a host-resident cache is attended to on the host, not copied over;
+        only new q/k/v and the attention output cross the link."""
+        return self.cpu_attention and placed.tier == "host" and placed.quant is None
 
     def _copy_prefix(self, placed: Placed, cache: torch.Tensor) -> None:
         """cache [2, B, K, S_cap, D] <- the shared prefix [2, 1, K, P, D] in columns :P."""

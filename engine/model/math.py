@@ -67,14 +67,15 @@ def attention(
         cos, sin = rotary(cfg, step.positions, q.dtype)
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
     cache_k, cache_v = kv
+    home = cache_k.device  # the host, when attention runs where a host-resident cache lives
     end = step.start + T
-    cache_k[:, :, step.start : end] = k
-    cache_v[:, :, step.start : end] = v
+    cache_k[:, :, step.start : end] = k.to(home)
+    cache_v[:, :, step.start : end] = v.to(home)
     out = F.scaled_dot_product_attention(
-        q, cache_k[:, :, :end], cache_v[:, :, :end], attn_mask=step.mask,
+        q.to(home), cache_k[:, :, :end], cache_v[:, :, :end], attn_mask=step.mask.to(home),
         enable_gqa=cfg.num_kv_heads != cfg.num_heads,
     )  # [B, H, T, D]
-    return linear(w, "o_proj", out.transpose(1, 2).reshape(B, T, -1))
+    return linear(w, "o_proj", out.to(x.device).transpose(1, 2).reshape(B, T, -1))
 
 
 def mlp(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> torch.Tensor:

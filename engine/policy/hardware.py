@@ -65,6 +65,18 @@ class HardwareProfile:
         return profile
 
 
+def nominal_profile(device: str) -> HardwareProfile:
+    """Typical rates (a recent server CPU, NVMe, PCIe 4), for when measuring is impossible."""
+    gpu = device == "cuda"
+    return HardwareProfile(
+        device=device, free_bytes={},
+        bandwidth={"disk->host": 2e9, "host->disk": 1e9, "host->device": 20e9 if gpu else 10e9,
+                   "device->host": 20e9 if gpu else 10e9, "device->device": 1e12 if gpu else 20e9},
+        matmul_flops={"float32": 20e12 if gpu else 100e9, "bfloat16": 150e12 if gpu else 200e9,
+                      "float16": 150e12 if gpu else 200e9},
+        cpu_attention_flops=20e9, call_overhead_s=1e-4, disk_latency_s=1e-4, key="nominal")
+
+
 def cache_dir() -> Path:
     if os.environ.get("FLEXGEN_CACHE_DIR"):
         return Path(os.environ["FLEXGEN_CACHE_DIR"])

@@ -69,7 +69,6 @@ def memory_terms(cfg: ModelConfig, layers: list[LayerSpec], shape: BlockShape, d
 class LpResult:
     fractions: dict[str, float]  # "cache.host" -> share
     seconds: float  # the LP's objective: the table's time
-    tight: tuple[str, ...]  # memory constraints at their budget ("device", "host", "disk")
 
 
 def _link_sum(expr: dict[str, float], frac: dict[str, pulp.LpVariable]) -> pulp.LpAffineExpression:
@@ -77,7 +76,7 @@ def _link_sum(expr: dict[str, float], frac: dict[str, pulp.LpVariable]) -> pulp.
 
 
 def _memory(prob: pulp.LpProblem, terms: MemoryTerms, frac: dict, budgets: dict[str, float]
-            ) -> dict[str, pulp.LpConstraint]:
+            ) -> None:
     whole = {what: pulp.LpVariable(f"{what}_all_on_device", cat="Binary")
              for what in ("cache", "activations")}
     for what, flag in whole.items():
@@ -95,7 +94,6 @@ def _memory(prob: pulp.LpProblem, terms: MemoryTerms, frac: dict, budgets: dict[
                       + terms.hidden["prefill"] * frac[f"activations.{tier}"] <= budgets[tier])
     for name, row in rows.items():
         prob += row, name
-    return rows
 
 
 def _time(prob: pulp.LpProblem, groups: list[tuple[int, dict[str, dict[str, LayerCost]]]],
@@ -125,12 +123,10 @@ def solve_lp(terms: MemoryTerms, groups: list[tuple[int, dict[str, dict[str, Lay
             for what in WHATS for tier in TIERS}
     for what in WHATS:
         prob += pulp.lpSum(frac[f"{what}.{tier}"] for tier in TIERS) == 1
-    rows = _memory(prob, terms, frac, budgets)
+    _memory(prob, terms, frac, budgets)
     prob += _time(prob, groups, gen_len, frac, overlap)
     prob.solve(pulp.PULP_CBC_CMD(msg=False))
     if pulp.LpStatus[prob.status] != "Optimal":
         return None
-    tight = {name.split("_")[0] for name, row in rows.items()
-             if row.slack is not None and row.slack <= 1e-3 * max(budgets[name.split("_")[0]], 1)}
     fractions = {name: max(0.0, min(1.0, var.value() or 0.0)) for name, var in frac.items()}
-    return LpResult(fractions, float(pulp.value(prob.objective)), tuple(sorted(tight)))
+    return LpResult(fractions, float(pulp.value(prob.objective)))

@@ -6,6 +6,7 @@ construction with the numbers, not halfway through a table.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import pairwise
 
 import torch
@@ -18,27 +19,35 @@ from engine.policy.policy import TIERS, Placement, Policy
 from engine.weights import choose_tiers
 
 
-def _sizes(layer: LayerSpec, itemsize: int) -> list[int]:
-    return [int(torch.Size(spec.shape).numel()) * itemsize for spec in layer.weights]
+@lru_cache(maxsize=4096)
+def _sizes(layer: LayerSpec, itemsize: int) -> tuple[int, ...]:
+    return tuple(int(torch.Size(spec.shape).numel()) * itemsize for spec in layer.weights)
 
 
-def _stored_sizes(layer: LayerSpec, itemsize: int, compress: bool) -> list[int]:
+@lru_cache(maxsize=4096)
+def _layer_tiers(sizes: tuple[int, ...], placement: Placement) -> tuple[str, ...]:
+    """`choose_tiers`, remembered: a model's decoder layers all share one answer."""
+    return tuple(choose_tiers(list(sizes), placement))
+
+
+@lru_cache(maxsize=4096)
+def _stored_sizes(layer: LayerSpec, itemsize: int, compress: bool) -> tuple[int, ...]:
     """Bytes each weight occupies in its home: 4-bit codes plus group scales for matrices."""
     if not compress:
         return _sizes(layer, itemsize)
     dtype = {2: torch.bfloat16, 4: torch.float32}[itemsize]
-    return [
+    return tuple(
         plan_quant(spec.shape, dtype).nbytes if len(spec.shape) == 2
         else int(torch.Size(spec.shape).numel()) * itemsize
         for spec in layer.weights
-    ]
+    )
 
 
 def weight_home_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) -> dict[str, int]:
     """Bytes of weights homed on each tier."""
     homes = dict.fromkeys(TIERS, 0)
     for layer in layers:
-        tiers = choose_tiers(_sizes(layer, itemsize), policy.weights)
+        tiers = _layer_tiers(_sizes(layer, itemsize), policy.weights)
         for size, tier in zip(_stored_sizes(layer, itemsize, policy.compress_weights), tiers,
                               strict=True):
             homes[tier] += size
@@ -58,7 +67,7 @@ def weight_load_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) ->
     loads = []
     for layer in layers:
         sizes = _sizes(layer, itemsize)
-        tiers = choose_tiers(sizes, policy.weights)
+        tiers = _layer_tiers(sizes, policy.weights)
         stored = _stored_sizes(layer, itemsize, policy.compress_weights)
         loads.append(sum(_working_bytes(*item) for item in zip(sizes, stored, tiers, strict=True)))
     return loads
@@ -97,5 +106,5 @@ def hidden_bytes(cfg: ModelConfig, rows: int, tokens: int, itemsize: int) -> int
 def entry_tiers(num_layers: int, num_batches: int, placement: Placement) -> list[list[str]]:
     """[layer][batch] -> tier of a cache or hidden-state home, as the runner chooses them
     (one choice per (layer, batch) entry, layer-major, so the percentages hold over a block)."""
-    flat = choose_tiers([1] * (num_layers * num_batches), placement)
+    flat = _layer_tiers((1,) * (num_layers * num_batches), placement)
     return [flat[layer * num_batches : (layer + 1) * num_batches] for layer in range(num_layers)]

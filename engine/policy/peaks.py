@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -89,38 +90,57 @@ class _Token:
     prefix: list[tuple[str, int]] | None = None  # [layer] (tier, bytes) of the shared prefix
 
 
-def _run_token(ledger: _Ledger, token: _Token, steps: list, lag: int) -> None:
+_OPS = {LoadWeights: 0, FreeWeights: 1, LoadCache: 2, LoadHidden: 3, Compute: 4, StoreCache: 5,
+        StoreHidden: 6}
+
+
+@lru_cache(maxsize=256)
+def _compiled_steps(has_cache: tuple[bool, ...], num_batches: int, overlap: bool
+                    ) -> tuple[tuple[int, int, int], ...]:
+    """`token_steps` as (op, layer, batch) triples: the replay runs them many times."""
+    return tuple((_OPS[type(step)], step.layer, getattr(step, "batch", 0))
+                 for step in token_steps(list(has_cache), num_batches, overlap))
+
+
+def _run_token(ledger: _Ledger, token: _Token, steps: tuple, lag: int) -> None:
     """`lag`: computes a store's device release may trail behind (0: at once), except that a
     hidden state's load waits for its store, as the executor makes it."""
     stored: set[tuple[int, int]] = set()
     deferred: set[tuple[int, int]] = set()
     pending: dict[tuple, list] = {}  # in-flight store -> [computes left, its releases]
-    for step in steps:
-        if isinstance(step, LoadWeights | FreeWeights):
-            sign = 1 if isinstance(step, LoadWeights) else -1
-            ledger.add("device", sign * token.weight_loads[step.layer])
-        elif isinstance(step, LoadCache):
-            _load_cache(ledger, token, step.layer, step.batch)
-        elif isinstance(step, LoadHidden):
-            if (step.layer - 1, step.batch) in stored:
-                _settle(ledger, pending, ("hidden", step.layer - 1, step.batch))
-                _load_hidden(ledger, token, step.layer, step.batch)
+    for op, layer, batch in steps:
+        if op <= 1:  # load / free a layer's weights
+            ledger.add("device", token.weight_loads[layer] * (1 if op == 0 else -1))
+        elif op == 2:
+            _load_cache(ledger, token, layer, batch)
+        elif op == 3:
+            if (layer - 1, batch) in stored:
+                _settle(ledger, pending, ("hidden", layer - 1, batch))
+                ledger.add("device", _fetch_hidden(token, layer, batch))
             else:
-                deferred.add((step.layer, step.batch))
-        elif isinstance(step, Compute):
-            if (step.layer, step.batch) in deferred:
-                _settle(ledger, pending, ("hidden", step.layer - 1, step.batch))
-                _load_hidden(ledger, token, step.layer, step.batch)
-            _compute(ledger, token, step.layer, step.batch)
-            _tick(ledger, pending)
-        elif isinstance(step, StoreCache):
-            charges = _store(token.cache_tiers, token.cache, step, token.phase == "prefill")
-            pending[step] = [lag, _charge_new_home(ledger, charges)]
-        elif isinstance(step, StoreHidden):
-            charges = _store(token.hidden_tiers, token.hidden, step, True)
-            pending["hidden", step.layer, step.batch] = [lag, _charge_new_home(ledger, charges)]
-            stored.add((step.layer, step.batch))
-        _tick(ledger, pending, 0)
+                deferred.add((layer, batch))
+        elif op == 4:
+            if (layer, batch) in deferred:
+                _settle(ledger, pending, ("hidden", layer - 1, batch))
+                ledger.add("device", _fetch_hidden(token, layer, batch))
+            if layer > 0 and token.hidden_tiers[layer - 1][batch] != "device":
+                ledger.add(token.hidden_tiers[layer - 1][batch], -token.hidden[batch])
+            _compute(ledger, token, layer, batch)
+            if pending:
+                _tick(ledger, pending)
+        else:
+            cache = op == 5
+            tiers, sizes = (token.cache_tiers, token.cache) if cache else (
+                token.hidden_tiers, token.hidden)
+            charges = _store(tiers[layer][batch], sizes[batch],
+                             new_home=not cache or token.phase == "prefill")
+            releases = _charge_new_home(ledger, charges)
+            key = ("cache" if cache else "hidden", layer, batch)
+            pending[key] = [lag, releases]
+            if not cache:
+                stored.add((layer, batch))
+            if lag == 0:
+                _settle(ledger, pending, key)
     _settle(ledger, pending)
 
 
@@ -133,10 +153,10 @@ def _charge_new_home(ledger: _Ledger, charges: list[tuple[str, int]]) -> list[tu
     return [(tier, num_bytes) for tier, num_bytes in charges if num_bytes <= 0]
 
 
-def _tick(ledger: _Ledger, pending: dict[tuple, list], computes: int = 1) -> None:
-    """`computes` more computes have run: finish the stores whose lag has run out."""
+def _tick(ledger: _Ledger, pending: dict[tuple, list]) -> None:
+    """A compute has run: finish the stores whose lag has run out."""
     for key in list(pending):
-        pending[key][0] -= computes
+        pending[key][0] -= 1
         if pending[key][0] <= 0:
             _settle(ledger, pending, key)
 
@@ -159,11 +179,11 @@ def _load_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
         ledger.add("device", token.cache[batch])
 
 
-def _load_hidden(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
-    tier = token.hidden_tiers[layer - 1][batch]
-    if tier != "device":  # fetched to the device, its home freed; a device home's charge moves
-        ledger.add("device", token.hidden[batch])
-        ledger.add(tier, -token.hidden[batch])
+def _fetch_hidden(token: _Token, layer: int, batch: int) -> int:
+    """Device bytes a hidden-state load charges: its size, unless its home was the device
+    (then the home's charge moves to the lease). The home off the device is freed after the
+    copy, counted at the compute that uses it, since the pool may run the copy late."""
+    return 0 if token.hidden_tiers[layer - 1][batch] == "device" else token.hidden[batch]
 
 
 def _compute(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
@@ -175,11 +195,9 @@ def _compute(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
         ledger.add("device", token.hidden[batch])  # the output is adopted
 
 
-def _store(tiers: list[list[str]], sizes: list[int], step: StoreCache | StoreHidden,
-           new_home: bool) -> list[tuple[str, int]]:
-    """Charges a store makes when it finishes: a new home off the device takes the bytes from
-    the device lease; a write-back to an existing home only releases the lease."""
-    tier, num_bytes = tiers[step.layer][step.batch], sizes[step.batch]
+def _store(tier: str, num_bytes: int, new_home: bool) -> list[tuple[str, int]]:
+    """Charges a store makes: a new home off the device takes the bytes from the device lease;
+    a write-back to an existing home only releases the lease."""
     if tier == "device":
         return []  # the lease becomes the home (prefill) or was never charged (decode)
     if new_home:
@@ -194,8 +212,9 @@ def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: Blo
     # columns attended at this token: all of the prompt at prefill, all but one at the last step
     later = 0 if phase == "prefill" else shape.gen_len - 1
     attended = [shape.prefix_len + shape.widths[b] + later for b in batches]
-    work = [[workspace_bytes(cfg, layer.kind, shape.rows[b], new[b], attended[b], itemsize)
-             for b in batches] for layer in layers]
+    by_kind = {kind: [workspace_bytes(cfg, kind, shape.rows[b], new[b], attended[b], itemsize)
+                      for b in batches] for kind in {layer.kind for layer in layers}}
+    work = [by_kind[layer.kind] for layer in layers]
     return _Token(
         phase=phase,
         cache=[cache_entry_bytes(cfg, shape.rows[b], shape.capacity(b), itemsize) for b in batches],
@@ -215,14 +234,14 @@ def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape
     itemsize = dtype.itemsize
     lag = lag if policy.overlap else 0  # without overlap every step runs in order
     ledger = _Ledger(weight_home_bytes(layers, policy, itemsize))
-    has_cache = [layer.kind == "decoder" for layer in layers]
+    has_cache = tuple(layer.kind == "decoder" for layer in layers)
     prefix = None
     if shape.prefix_len:  # the prefix runs first as a one-row block and keeps its caches
         one_row = BlockShape((1,), (shape.prefix_len,), 0)
         token = _token(cfg, layers, policy, one_row, itemsize, "prefill")
-        _run_token(ledger, token, token_steps(has_cache, 1, policy.overlap), lag)
+        _run_token(ledger, token, _compiled_steps(has_cache, 1, policy.overlap), lag)
         prefix = [(tiers[0], token.cache[0]) for tiers in token.cache_tiers]
-    steps = token_steps(has_cache, len(shape.rows), policy.overlap)
+    steps = _compiled_steps(has_cache, len(shape.rows), policy.overlap)
     phases = ("prefill", "decode") if shape.gen_len > 1 else ("prefill",)
     for phase in phases:
         token = _token(cfg, layers, policy, shape, itemsize, phase)

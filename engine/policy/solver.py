@@ -19,7 +19,7 @@ from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.policy.cost import LayerCost, layer_seconds, token_costs
 from engine.policy.hardware import HardwareProfile
-from engine.policy.lp import PHASES, LpResult, memory_terms, solve_lp
+from engine.policy.lp import PHASES, MemoryTerms, memory_terms, solve_lp
 from engine.policy.peaks import BlockShape, block_peaks
 from engine.policy.policy import TIERS, Placement, Policy
 from engine.policy.predict import (
@@ -28,6 +28,7 @@ from engine.policy.predict import (
     policy_fractions,
     predict,
     table_blocks,
+    table_seconds,
 )
 from engine.policy.workload import Workload
 from engine.storage import MemoryBudgetError
@@ -84,18 +85,21 @@ def _groups(problem: _Problem, size: int, count: int) -> list:
     return groups
 
 
-def _bound(problem: _Problem, groups: list, terms) -> float:
-    """Seconds no placement of this candidate can beat: compute, and the decode I/O of bytes
-    that cannot stay on the device moved at the fastest link."""
-    fastest = sum(problem.profile.bandwidth[link] for link in ("host->device", "disk->host"))
-    excess = max(0, terms.weights + terms.cache - problem.budgets["device"])
+def _bound(problem: _Problem, groups: list, terms: MemoryTerms, overlap: bool) -> float:
+    """Seconds no placement of this candidate can beat: compute, and at each decode token the
+    bytes that cannot stay on the device (or in host memory) moved at the fastest links."""
+    bw, budgets = problem.profile.bandwidth, problem.budgets
+    beyond_device = max(0, terms.weights + terms.cache - budgets["device"])
+    beyond_host = max(0, beyond_device - budgets["host"])
+    io = max(beyond_device / (bw["host->device"] + bw["disk->host"]),
+             beyond_host / bw["disk->host"])
     total = 0.0
     for blocks, phases in groups:
         for phase, costs in phases.items():
             tokens = 1 if phase == "prefill" else problem.workload.gen_len - 1
             compute = sum(cost.count * cost.compute_s for cost in costs.values())
-            io = excess / fastest if phase == "decode" else 0.0
-            total += blocks * tokens * max(compute, io)
+            moved = io if phase == "decode" else 0.0
+            total += blocks * tokens * (max(compute, moved) if overlap else compute + moved)
     return total
 
 
@@ -109,16 +113,18 @@ def _round(size: int, count: int, fractions: dict[str, float], overlap: bool) ->
                   overlap=overlap)
 
 
-def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list
-         ) -> tuple[Policy, LpResult] | None:
+def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list,
+         beat: float = float("inf")) -> Policy | None:
+    """The LP's placement for this candidate, rounded to a policy whose replayed peaks fit the
+    budgets; None when nothing fits or the LP already says it cannot beat `beat` seconds."""
     wl = problem.workload
-    shape_policy = Policy(size, count)
-    shape = BlockShape.first_block(problem.lengths, shape_policy, wl.gen_len, wl.shared_prefix)
+    shape = BlockShape.first_block(problem.lengths, Policy(size, count), wl.gen_len,
+                                   wl.shared_prefix)
     terms = memory_terms(problem.cfg, problem.layers, shape, problem.dtype, overlap, PLANNING_LAG)
     budgets = {tier: float(problem.budgets[tier]) for tier in TIERS}
     for _ in range(REFITS + 1):
         result = solve_lp(terms, groups, wl.gen_len, budgets, overlap)
-        if result is None:
+        if result is None or result.seconds >= beat:
             return None
         policy = _round(size, count, result.fractions, overlap)
         peaks = block_peaks(problem.cfg, problem.layers, policy, shape, problem.dtype,
@@ -126,7 +132,7 @@ def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list
         over = {tier: peaks[tier] - problem.budgets[tier] for tier in TIERS
                 if peaks[tier] > problem.budgets[tier]}
         if not over:
-            return policy, result
+            return policy
         for tier, excess in over.items():
             budgets[tier] -= excess * 1.05 + 64
     return None
@@ -153,28 +159,27 @@ def _minimum_check(problem: _Problem) -> None:
             f"device's working set); their budgets total {format_bytes(spare)}")
 
 
-def _search(problem: _Problem) -> tuple[Policy, Prediction] | None:
+def _search(problem: _Problem) -> Policy | None:
     entries = []
     for size, count in candidates(problem.workload.rows):
         groups = _groups(problem, size, count)
         shape = BlockShape.first_block(problem.lengths, Policy(size, count),
                                        problem.workload.gen_len, problem.workload.shared_prefix)
         terms = memory_terms(problem.cfg, problem.layers, shape, problem.dtype, True, 0)
-        bound = _bound(problem, groups, terms)
-        entries += [(bound, -size * count, size, count, overlap, groups)
-                    for overlap in (True, False)]
+        entries += [(_bound(problem, groups, terms, overlap), -size * count, size, count, overlap,
+                     groups) for overlap in (True, False)]
     entries.sort(key=lambda entry: entry[:2])
-    best: tuple[Policy, Prediction] | None = None
+    best, best_s = None, float("inf")
     for bound, _, size, count, overlap, groups in entries:
-        if best is not None and bound >= best[1].total_s:
+        if bound >= best_s:
             break
-        fitted = _fit(problem, size, count, overlap, groups)
-        if fitted is None:
+        policy = _fit(problem, size, count, overlap, groups, beat=best_s)
+        if policy is None:
             continue
-        prediction = predict(problem.cfg, problem.layers, fitted[0], problem.workload,
-                             problem.profile, problem.dtype)
-        if best is None or prediction.total_s < best[1].total_s:
-            best = fitted[0], prediction
+        seconds = table_seconds(problem.cfg, problem.layers, policy, problem.workload,
+                                problem.profile, problem.dtype)[2]
+        if seconds < best_s:
+            best, best_s = policy, seconds
     return best
 
 
@@ -231,6 +236,6 @@ def solve(cfg: ModelConfig, layers: list[LayerSpec], workload: Workload, budgets
             "no block shape fits the budgets ("
             + ", ".join(f"{tier} {format_bytes(budgets[tier])}" for tier in TIERS)
             + "); raise the device budget")
-    policy, prediction = best
+    policy, prediction = best, predict(cfg, layers, best, workload, profile, dtype)
     return Plan(policy, prediction.tokens_per_s, prediction.peak_bytes,
                 _why(problem, policy, prediction), prediction)

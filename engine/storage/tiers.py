@@ -89,7 +89,7 @@ class Tiers:
 
     def write_back(self, placed: Placed, tensor: torch.Tensor, what: str) -> None:
         """Refresh `placed` from a device tensor, which may have a new shape (rows removed)."""
-        if placed.tier == "device" and tensor is placed.tensor:
+        if tensor is placed.tensor:  # updated in place, where it lives
             return
         if placed.quant is not None:
             tensor, placed.quant = quantize(tensor)

@@ -22,6 +22,9 @@ POLICIES = {
     ),
     "one-batch-disk-cache": Policy(8, 1, Placement(0, 100, 0), Placement.on("disk"), ALL_DEVICE),
     "row-per-batch": Policy(1, 4, Placement(0, 50, 50), ALL_DEVICE, Placement.on("host")),
+    "cpu-attention-host-cache": Policy(
+        3, 2, Placement(50, 50, 0), Placement(0, 100, 0), ALL_DEVICE, cpu_attention=True
+    ),
     "big-block-no-overlap": Policy(16, 1, ALL_DEVICE, ALL_DEVICE, ALL_DEVICE, overlap=False),
 }
 
