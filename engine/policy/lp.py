@@ -10,7 +10,9 @@ the solver checks the rounded policy against the exact replay in `engine.policy.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 
 import pulp
@@ -65,6 +67,23 @@ def memory_terms(cfg: ModelConfig, layers: list[LayerSpec], shape: BlockShape, d
                        in_flight * max(caches) + prefix, hidden, lease, work)
 
 
+@lru_cache(maxsize=1)
+def _cbc() -> pulp.LpSolver:
+    """CBC, quiet: a system CBC (COIN_CMD) when there is one, else the binary pulp bundles
+    (PULP_CBC_CMD, which pulp 3.3+ marks deprecated)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        coin = pulp.COIN_CMD(msg=False)
+        return coin if coin.available() else pulp.PULP_CBC_CMD(msg=False)
+
+
+def _variable(prob: pulp.LpProblem, name: str, low: float | None = 0, up: float | None = None,
+              cat: str = "Continuous") -> pulp.LpVariable:
+    if hasattr(prob, "add_variable"):  # pulp >= 3.3
+        return prob.add_variable(name, low, up, cat)
+    return pulp.LpVariable(name, low, up, cat)
+
+
 @dataclass(frozen=True)
 class LpResult:
     fractions: dict[str, float]  # "cache.host" -> share
@@ -77,7 +96,7 @@ def _link_sum(expr: dict[str, float], frac: dict[str, pulp.LpVariable]) -> pulp.
 
 def _memory(prob: pulp.LpProblem, terms: MemoryTerms, frac: dict, budgets: dict[str, float]
             ) -> None:
-    whole = {what: pulp.LpVariable(f"{what}_all_on_device", cat="Binary")
+    whole = {what: _variable(prob, f"{what}_all_on_device", 0, 1, "Binary")
              for what in ("cache", "activations")}
     for what, flag in whole.items():
         prob += frac[f"{what}.device"] >= flag
@@ -103,7 +122,7 @@ def _time(prob: pulp.LpProblem, groups: list[tuple[int, dict[str, dict[str, Laye
         for phase, costs in phases.items():
             tokens = 1 if phase == "prefill" else gen_len - 1
             for kind, cost in costs.items():
-                pace = pulp.LpVariable(f"t_{group_idx}_{phase}_{kind}", 0)
+                pace = _variable(prob, f"t_{group_idx}_{phase}_{kind}")
                 links = [_link_sum(expr, frac) for expr in cost.links.values()]
                 if overlap:
                     prob += pace >= cost.compute_s
@@ -119,13 +138,15 @@ def solve_lp(terms: MemoryTerms, groups: list[tuple[int, dict[str, dict[str, Lay
              gen_len: int, budgets: dict[str, float], overlap: bool) -> LpResult | None:
     """The fastest placement of one candidate within `budgets`; None when none fits."""
     prob = pulp.LpProblem("placement", pulp.LpMinimize)
-    frac = {f"{what}.{tier}": pulp.LpVariable(f"{what}_{tier}", 0, 1)
+    frac = {f"{what}.{tier}": _variable(prob, f"{what}_{tier}", 0, 1)
             for what in WHATS for tier in TIERS}
     for what in WHATS:
         prob += pulp.lpSum(frac[f"{what}.{tier}"] for tier in TIERS) == 1
     _memory(prob, terms, frac, budgets)
     prob += _time(prob, groups, gen_len, frac, overlap)
-    prob.solve(pulp.PULP_CBC_CMD(msg=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        prob.solve(_cbc())
     if pulp.LpStatus[prob.status] != "Optimal":
         return None
     fractions = {name: max(0.0, min(1.0, var.value() or 0.0)) for name, var in frac.items()}
