@@ -149,6 +149,7 @@ def test_render_report_and_refresh_section(tmp_path: Path) -> None:
     text = render_report(results)
     assert "### Workload 1-quick" in text and "| ours:auto | - | 3 | 41.0 (40.0-44.0)" in text
     assert "sweep hf: batch 16: 10.0 tok/s, batch 32: 20.0 tok/s, batch 64: failed" in text
+    assert "identical ids across 2 system(s)" in text
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Bench\n\nintro kept\n")
     refresh_section(doc, "first")
@@ -194,10 +195,10 @@ def test_workloads_and_memory_plan() -> None:
     with pytest.raises(NotImplementedError):
         get_workload("3", quick=False)
     offload = get_workload("2", quick=False)
-    plan = memory_plan(offload, weight_bytes=4000, kv_bytes_per_token=10)
+    plan = memory_plan(offload, weight_bytes=4000, kv_bytes_per_token=10, layer_bytes=100)
     assert plan.weight_budget == 1000 and plan.kv_allowance == 64 * 160 * 10
-    assert plan.cap_bytes is not None and plan.cap_bytes > plan.fast_budget
-    in_ram = memory_plan(get_workload("1", quick=False), 4000, 10)
+    assert plan.cap_bytes == plan.fast_budget + 200 + 1024 * 1024**2
+    in_ram = memory_plan(get_workload("1", quick=False), 4000, 10, 100)
     assert in_ram.weight_budget is None and in_ram.cap_bytes is None
     assert in_ram.fast_budget is None
 

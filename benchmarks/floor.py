@@ -1,0 +1,133 @@
+"""The floor: the least time the machine allows for a workload, to compare every run against.
+
+floor = max(FLOPs / measured bf16 matmul rate, for each link: bytes that must cross it /
+its measured bandwidth), minimised over how the rows are split into blocks. Links:
+- `fast`: the memory compute reads from (RAM on a CPU box, HBM on a GPU): every weight once
+  per forward pass per block, the KV cache once per decode step, KV writes once.
+- `offload`: what does not fit the fast-memory budget comes over the next link (disk on a CPU
+  box, PCIe on a GPU), once per pass per block. Reads only; bf16, uncompressed.
+Compression (4-bit weights / cache) can go below this floor; the report says so.
+
+    python -m benchmarks.floor [--device cuda] [--refresh]   # measure (cached) and print
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from benchmarks import CACHE_DIR
+from benchmarks.hardware import Hardware, measure_hardware
+from benchmarks.modelinfo import BF16_BYTES, ModelShape
+
+HARDWARE_CACHE = CACHE_DIR / "hardware.json"
+
+
+@dataclass(frozen=True)
+class WorkloadShape:
+    rows: int
+    prompt_len: int
+    gen_len: int
+
+
+@dataclass(frozen=True)
+class Floor:
+    flops: float
+    compute_s: float
+    link_bytes: dict[str, float]  # at the best block count
+    link_s: dict[str, float]
+    num_blocks: int
+    seconds: float
+    bound: str  # "compute" or a link name
+    gen_tokens: int
+    tok_per_s: float = field(default=0.0)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def flops(shape: ModelShape, work: WorkloadShape) -> float:
+    """Matmul FLOPs (2 per multiply-add) of prefill + decode, attention included."""
+    fed_tokens = work.rows * (work.prompt_len + work.gen_len - 1)  # the last id is not fed back
+    dense = 2 * shape.matmul_params * fed_tokens + 2 * shape.head_params * work.rows * work.gen_len
+    attended = _triangle(work.prompt_len) + sum(_decode_contexts(work))  # keys seen, per row
+    attention = 4 * shape.q_dim * shape.num_layers * work.rows * attended  # QK^T and PV
+    return float(dense + attention)
+
+
+def link_bytes(
+    shape: ModelShape, work: WorkloadShape, num_blocks: int, fast_budget: float | None
+) -> dict[str, float]:
+    """Bytes over each link when the rows go as num_blocks equal blocks."""
+    streamed = (shape.matmul_params + shape.head_params) * BF16_BYTES  # read by every pass
+    kv_token = shape.kv_bytes_per_token()
+    block_rows = work.rows / num_blocks
+    passes_kv = [0.0] + [block_rows * ctx * kv_token for ctx in _decode_contexts(work)]
+    kv_writes = work.rows * (work.prompt_len + work.gen_len - 1) * kv_token
+    fast = num_blocks * (work.gen_len * streamed + sum(passes_kv)) + kv_writes
+    out = {"fast": float(fast)}
+    if fast_budget is not None:
+        spill = sum(max(0.0, streamed + kv - fast_budget) for kv in passes_kv)
+        out["offload"] = float(num_blocks * spill)
+    return out
+
+
+def compute_floor(
+    shape: ModelShape,
+    work: WorkloadShape,
+    hardware: Hardware,
+    fast_budget: float | None = None,
+) -> Floor:
+    """fast_budget: bytes of fast memory for weights + KV cache (None: everything fits)."""
+    total_flops = flops(shape, work)
+    compute_s = total_flops / hardware.matmul_flops
+    bandwidth = {"fast": hardware.fast_bandwidth, "offload": hardware.offload_bandwidth}
+    best: tuple[float, int, dict[str, float]] | None = None
+    for num_blocks in range(1, work.rows + 1):
+        moved = link_bytes(shape, work, num_blocks, fast_budget)
+        seconds = max([compute_s] + [moved[link] / bandwidth[link] for link in moved])
+        if best is None or seconds < best[0] - 1e-12:
+            best = (seconds, num_blocks, moved)
+    assert best is not None
+    seconds, num_blocks, moved = best
+    link_s = {link: moved[link] / bandwidth[link] for link in moved}
+    bound = max(link_s, key=link_s.__getitem__) if max(link_s.values()) > compute_s else "compute"
+    gen_tokens = work.rows * work.gen_len
+    return Floor(total_flops, compute_s, moved, link_s, num_blocks, seconds, bound, gen_tokens,
+                 tok_per_s=gen_tokens / seconds if seconds > 0 else math.inf)
+
+
+def load_or_measure(device: str = "cpu", refresh: bool = False, quick: bool = False) -> Hardware:
+    """The hardware profile for `device`, measured once and cached in .cache/hardware.json."""
+    cached = json.loads(HARDWARE_CACHE.read_text()) if HARDWARE_CACHE.exists() else {}
+    if device in cached and not refresh:
+        return Hardware(**cached[device])
+    hardware = measure_hardware(device, scratch_dir=CACHE_DIR, quick=quick)
+    cached[device] = asdict(hardware)
+    HARDWARE_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    HARDWARE_CACHE.write_text(json.dumps(cached, indent=2) + "\n")
+    return hardware
+
+
+def _triangle(length: int) -> int:
+    return length * (length + 1) // 2
+
+
+def _decode_contexts(work: WorkloadShape) -> list[int]:
+    """Keys each decode step attends over: prompt + ids generated so far (incl. the new one)."""
+    return [work.prompt_len + step for step in range(1, work.gen_len)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="measure the machine's rates (cached)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--refresh", action="store_true", help="measure again")
+    parser.add_argument("--quick", action="store_true", help="smaller probes")
+    args = parser.parse_args(argv)
+    print(json.dumps(asdict(load_or_measure(args.device, args.refresh, args.quick)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Run the benchmark: every system in its own process on the same prompts and checkpoint.
+
+    python -m benchmarks.run [--quick] [--workload 1 --workload 2] [--repeats 3] \
+        [--device cpu|cuda] [--cap auto|on|off] [--systems hf,ours:auto] \
+        [--report docs/benchmarks.md]
+
+For each workload: build the checkpoint (once), measure the machine (once, cached), compute
+the floor, then per system: evict the model files from the page cache, start the runner inside
+the workload's memory cap, collect its JSON line. Peers sweep batch sizes (one run each) and
+repeat the best; medians go to results/<timestamp>.json and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import BENCH_DIR, CACHE_DIR, RESULTS_DIR
+from benchmarks.checkpoints import ensure_checkpoint
+from benchmarks.floor import WorkloadShape, compute_floor, load_or_measure
+from benchmarks.hardware import Hardware
+from benchmarks.machine import git_revision, machine_info, versions
+from benchmarks.memcap import evict_page_cache, memory_cap
+from benchmarks.modelinfo import ModelShape
+from benchmarks.report import add_peer_ratios, best_batch, refresh_section, render_report, summarize
+from benchmarks.workloads import (
+    ACTIVATION_ALLOWANCE,
+    WRANGLING_TODO,
+    MemoryPlan,
+    SystemSpec,
+    Workload,
+    get_workload,
+    memory_plan,
+)
+
+OFFLOAD_PARENT = CACHE_DIR / "offload"
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Context:
+    """Everything one workload's runs share."""
+
+    workload: Workload
+    model_dir: Path
+    shape: ModelShape
+    memory: MemoryPlan
+    device: str
+    repeats: int
+    raw_dir: Path
+    timeout_s: float
+
+
+def ours_memory(ctx: Context) -> dict[str, int] | None:
+    """The engine's tier budgets under the workload's memory: resident weights plus room to
+    stream two layers and for activations on the device tier, the KV allowance on the host."""
+    if ctx.memory.weight_budget is None:
+        return None
+    device = ctx.memory.weight_budget + 2 * ctx.shape.layer_bytes + ACTIVATION_ALLOWANCE
+    host = ctx.memory.kv_allowance
+    if ctx.device == "cuda":  # host RAM is not the scarce memory on a GPU box
+        host += ctx.shape.weight_bytes
+    return {"device": device, "host": host, "disk": 100 * 1024**3}
+
+
+def runner_command(ctx: Context, system: SystemSpec, batch: int | None) -> list[str]:
+    work = ctx.workload
+    cmd = [sys.executable, "-m", f"benchmarks.runners.{system.runner}",
+           "--model", str(ctx.model_dir), "--rows", str(work.rows),
+           "--prompt-len", str(work.prompt_len), "--gen-len", str(work.gen_len),
+           "--device", ctx.device, "--variant", system.label]
+    if batch is not None:
+        cmd += ["--batch", str(batch)]
+    if system.runner == "accelerate_offload":
+        budget = ctx.memory.weight_budget or ctx.shape.weight_bytes
+        cmd += ["--budget", str(budget), "--offload-dir", str(OFFLOAD_PARENT)]
+        if ctx.device == "cuda":
+            cmd += ["--host-budget", str(ctx.shape.weight_bytes)]
+    if system.runner == "ours":
+        cmd += ["--policy", system.policy or "auto", "--offload-dir", str(OFFLOAD_PARENT)]
+        memory = ours_memory(ctx)
+        if memory is not None:
+            cmd += ["--memory", json.dumps(memory)]
+    return cmd
+
+
+def run_once(ctx: Context, system: SystemSpec, batch: int | None, phase: str,
+             index: int) -> dict:
+    """One process: evict caches, start inside the cap, wait, parse the last JSON line."""
+    cmd = runner_command(ctx, system, batch)
+    run_id = f"{system.label.replace(':', '-')}-{phase}-{batch or 'na'}-{index}"
+    OFFLOAD_PARENT.mkdir(parents=True, exist_ok=True)
+    evicted = evict_page_cache([ctx.model_dir, OFFLOAD_PARENT])
+    stdout_path, stderr_path = ctx.raw_dir / f"{run_id}.out", ctx.raw_dir / f"{run_id}.err"
+    with memory_cap(ctx.memory.cap_bytes, run_id) as cap, stdout_path.open("w") as out, \
+            stderr_path.open("w") as err:
+        rc = _wait(subprocess.Popen(cmd, stdout=out, stderr=err, preexec_fn=cap.preexec(),
+                                    start_new_session=True, cwd=BENCH_DIR.parent), ctx.timeout_s)
+        usage = cap.usage()
+    result = _parse_result(stdout_path.read_text(), rc, stderr_path.read_text(), usage)
+    result.update(label=system.label, runner=system.runner, phase=phase, batch=batch,
+                  command=shlex.join(cmd), cap=usage, evicted_bytes=evicted, rc=rc)
+    log(f"{run_id}: " + (f"{result['tok_per_s']:.1f} tok/s" if "tok_per_s" in result
+                         else f"FAILED ({result['error'].splitlines()[-1][:120]})"))
+    return result
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> int:
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner we started, in its own session
+        proc.wait()
+        return -999
+
+
+def _parse_result(stdout: str, rc: int, stderr: str, usage: dict) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if rc == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    if rc == -999:
+        reason = "timed out"
+    elif usage.get("oom_kills") or rc == -signal.SIGKILL:
+        reason = "killed (out of memory)" if usage.get("oom_kills") else "killed (SIGKILL)"
+    else:
+        lines = [line.strip() for line in stderr.replace("\r", "\n").splitlines()]
+        reason = f"rc={rc}: " + ([line for line in lines if line] or ["no stderr"])[-1]
+    return {"error": reason}
+
+
+def run_system(ctx: Context, system: SystemSpec) -> list[dict]:
+    """Peers: one run per batch size of the sweep, then repeats of the best (counted)."""
+    if not system.sweep:
+        runs = [run_once(ctx, system, None, "repeat", idx) for idx in range(ctx.repeats)]
+        return [dict(run, counted=True) for run in runs]
+    sweep = [run_once(ctx, system, batch, "sweep", 0) for batch in ctx.workload.peer_batches]
+    best = best_batch(sweep)
+    if best is None:
+        return [dict(run, counted=False) for run in sweep]
+    more = [run_once(ctx, system, best, "repeat", idx) for idx in range(1, ctx.repeats)]
+    return [dict(run, counted=run["batch"] == best) for run in sweep] + \
+        [dict(run, counted=True) for run in more]
+
+
+def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> dict:
+    work = ctx.workload
+    shape = WorkloadShape(work.rows, work.prompt_len, work.gen_len)
+    floor = compute_floor(ctx.shape, shape, hardware, ctx.memory.fast_budget)
+    runs: list[dict] = []
+    for system in work.systems:
+        if only and not any(system.label.startswith(prefix) for prefix in only):
+            continue
+        log(f"workload {work.key}: {system.label}")
+        runs += run_system(ctx, system)
+    warnings = sorted({run["cap"]["warning"] for run in runs if run["cap"].get("warning")})
+    return {
+        "workload": asdict(work), "model_dir": str(ctx.model_dir),
+        "weight_bytes": ctx.shape.weight_bytes, "memory": asdict(ctx.memory),
+        "floor": floor.as_dict(), "runs": runs, "warnings": warnings,
+        "summary": add_peer_ratios(summarize(runs, floor.seconds)),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small variants (< 3 min each)")
+    parser.add_argument("--workload", action="append", choices=["1", "2", "3"],
+                        help="repeatable; default: 1 and 2")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--cap", default="auto", choices=["auto", "on", "off"],
+                        help="cgroup memory cap: auto = the workload's default (2: on)")
+    parser.add_argument("--systems", default=None, help="comma list of label prefixes")
+    parser.add_argument("--model", default=None, help="checkpoint preset instead of default")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    parser.add_argument("--remeasure", action="store_true", help="re-probe machine rates")
+    parser.add_argument("--report", type=Path, default=None, help="markdown file to refresh")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    return parser.parse_args(argv)
+
+
+def make_context(args: argparse.Namespace, number: str, raw_dir: Path) -> Context:
+    work = get_workload(number, args.quick)
+    if args.model:
+        work = replace(work, model=args.model)
+    model_dir = ensure_checkpoint(work.model)
+    shape = ModelShape.from_dir(model_dir)
+    capped = None if args.cap == "auto" else args.cap == "on"
+    if args.cap == "auto" and args.device == "cuda":
+        capped = False  # the cap is for page cache on a CPU box; GPU memory is the budget
+    memory = memory_plan(work, shape.weight_bytes, shape.kv_bytes_per_token(),
+                         shape.layer_bytes, capped)
+    timeout = args.timeout or (300.0 if args.quick else 1800.0)
+    return Context(work, model_dir, shape, memory, args.device, args.repeats, raw_dir, timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not _cuda_available():
+        print("skipping the GPU variant: torch.cuda.is_available() is False")
+        return 0
+    numbers = args.workload or ["1", "2"]
+    if "3" in numbers:
+        log(f"TODO: {WRANGLING_TODO}")
+        numbers = [number for number in numbers if number != "3"]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    raw_dir = args.results_dir / "raw" / stamp
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    hardware = load_or_measure(args.device, refresh=args.remeasure, quick=args.quick)
+    only = args.systems.split(",") if args.systems else None
+    workloads = [run_workload(make_context(args, n, raw_dir), hardware, only) for n in numbers]
+    results = {"meta": _meta(stamp), "hardware": asdict(hardware), "workloads": workloads}
+    out_path = args.results_dir / f"{stamp}.json"
+    out_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    markdown = render_report(results)
+    print(markdown)
+    log(f"results: {out_path}; raw logs: {raw_dir}")
+    if args.report:
+        refresh_section(args.report, markdown)
+        log(f"refreshed the generated section of {args.report}")
+    return 0
+
+
+def _meta(stamp: str) -> dict:
+    python = os.path.relpath(sys.executable, BENCH_DIR.parent)
+    command = shlex.join([python, "-m", "benchmarks.run", *sys.argv[1:]])
+    return {"timestamp": stamp, "command": command, "machine": machine_info(),
+            "versions": versions(), "git": git_revision(BENCH_DIR.parent)}
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""This project's engine (`engine.Engine`), under the auto plan or a named hand policy.
+
+    python -m benchmarks.runners.ours --model DIR --rows 256 --prompt-len 128 --gen-len 32 \
+        --policy auto|all-device-32x8|w25-disk75-32x2|'{"gpu_batch_size": 32, ...}' \
+        [--memory '{"device": "2GiB", "host": "8GiB", "disk": "100GiB"}'] [--offload-dir DIR]
+
+`engine` is imported only when a run starts, so the rest of the harness works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks.runners.common import (
+    Meter,
+    base_parser,
+    build_result,
+    emit,
+    prompts_for,
+    setup_torch,
+    warmup_prompts,
+)
+
+# Named hand policies: name -> Policy kwargs with placements as {tier: percent}.
+HAND_POLICIES: dict[str, dict[str, Any]] = {
+    # workload 1: everything on the device tier, all 256 rows in one 32 x 8 block
+    "all-device-32x8": {
+        "gpu_batch_size": 32, "num_gpu_batches": 8,
+        "weights": {"device": 100}, "cache": {"device": 100}, "activations": {"device": 100},
+    },
+    # workload 2: a quarter of the weights on the device tier, the rest streamed from disk;
+    # the KV cache of a 64-row block in host RAM (the same allowance the peers' KV gets)
+    "w25-disk75-32x2": {
+        "gpu_batch_size": 32, "num_gpu_batches": 2,
+        "weights": {"device": 25, "disk": 75}, "cache": {"host": 100},
+        "activations": {"device": 100},
+    },
+    # quick variants (small row counts)
+    "all-device-16x4": {
+        "gpu_batch_size": 16, "num_gpu_batches": 4,
+        "weights": {"device": 100}, "cache": {"device": 100}, "activations": {"device": 100},
+    },
+    "w25-disk75-16x2": {
+        "gpu_batch_size": 16, "num_gpu_batches": 2,
+        "weights": {"device": 25, "disk": 75}, "cache": {"host": 100},
+        "activations": {"device": 100},
+    },
+}
+
+
+def policy_spec(text: str) -> str | dict[str, Any] | None:
+    """'auto' / 'none' / a hand policy name / inline JSON -> what build_policy takes."""
+    if text == "none":
+        return None
+    if text == "auto":
+        return "auto"
+    if text in HAND_POLICIES:
+        return HAND_POLICIES[text]
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    names = sorted(HAND_POLICIES)
+    raise ValueError(f"unknown policy {text!r}: use auto, none, JSON or one of {names}")
+
+
+def build_policy(spec: str | dict[str, Any] | None):
+    """A Policy from plain data (placements given as {tier: percent}; missing tiers are 0)."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    from engine import Placement, Policy
+
+    kwargs = dict(spec)
+    for kind in ("weights", "cache", "activations"):
+        if isinstance(kwargs.get(kind), Mapping):
+            tiers = {"device": 0.0, "host": 0.0, "disk": 0.0, **kwargs[kind]}
+            kwargs[kind] = Placement(**tiers)
+    return Policy(**kwargs)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Engine stats / policies (dataclasses, mappings, tensors, numbers) as plain JSON data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_jsonable(item) for item in value]
+    if hasattr(value, "tolist"):  # tensors, numpy scalars
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def engine_stats(engine: Any) -> dict:
+    stats = getattr(engine, "stats", None)
+    if callable(stats):
+        stats = stats()
+    if hasattr(stats, "as_dict"):
+        stats = stats.as_dict()
+    return to_jsonable(stats) if stats is not None else {}
+
+
+def chosen_policy(engine: Any) -> Any:
+    for name in ("policy", "plan"):
+        if getattr(engine, name, None) is not None:
+            return to_jsonable(getattr(engine, name))
+    return None
+
+
+def load_engine(args: argparse.Namespace, offload_dir: Path, memory: dict | None) -> Any:
+    import torch
+
+    from engine import Engine
+
+    return Engine.from_pretrained(
+        str(args.model), policy=build_policy(policy_spec(args.policy)), device=args.device,
+        dtype=torch.bfloat16, offload_dir=str(offload_dir), memory=memory,
+    )
+
+
+def timed_generate(
+    engine: Any, prompts: list[list[int]], args: argparse.Namespace, meter: Meter
+) -> tuple[list[list[int]], dict]:
+    """Warm-up (untimed for tok/s) then the timed run. Stats are snapshotted after each, since
+    the engine's counters may accumulate across generate calls."""
+    import torch
+
+    from engine import SamplingParams
+
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    snapshots = {}
+    if args.warmup_tokens:
+        with meter.phase("warmup", sync):
+            warm = warmup_prompts(prompts, args.warmup_rows)
+            engine.generate(warm, SamplingParams(args.warmup_tokens, ignore_eos=True))
+        snapshots["engine_stats_after_warmup"] = engine_stats(engine)
+    with meter.phase("generate", sync):
+        outputs = engine.generate(prompts, SamplingParams(args.gen_len, ignore_eos=True))
+    snapshots["engine_stats"] = engine_stats(engine)
+    return [list(row) for row in outputs], snapshots
+
+
+def run(args: argparse.Namespace) -> dict:
+    setup_torch(args)
+    prompts = prompts_for(args)
+    memory = json.loads(args.memory) if args.memory else None
+    offload_dir = Path(tempfile.mkdtemp(prefix="ours-offload-", dir=args.offload_dir))
+    meter = Meter()
+    try:
+        with meter.phase("load"):
+            engine = load_engine(args, offload_dir, memory)
+        try:
+            outputs, stats = timed_generate(engine, prompts, args, meter)
+            policy = chosen_policy(engine)
+        finally:
+            engine.close()
+    finally:
+        shutil.rmtree(offload_dir, ignore_errors=True)
+    extra = {"policy": args.policy, "chosen_policy": policy, "memory": memory, **stats}
+    return build_result(args, "ours", outputs, meter, extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--policy", default="auto", help="auto | none | hand policy | JSON")
+    parser.add_argument("--memory", default=None, help='JSON: {"device": "2GiB", ...}')
+    parser.add_argument("--offload-dir", type=Path, default=None, help="parent of the folder")
+    emit(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The benchmark workloads (issue 6), each with a --quick variant, and the systems they run.
+
+1  fits in RAM: 256 prompts x 128 ids -> 32 new. Peers: HF generate (best batch of a sweep).
+2  offload: the same under a memory budget of 25% of the weights' bytes (weights mostly on
+   disk), inside a memory cap. Peers: HF Accelerate offload (best batch of a sweep).
+3  wrangling: 2,000 long-tailed rows behind a 400-id shared prefix -> 8 new. TODO (see
+   `WRANGLING_TODO`): needs variable-length prompts in every runner and the wrangling pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB, GiB = 1024**2, 1024**3
+# Per process, on top of weights and KV: ~405 MiB RSS after importing torch + transformers +
+# accelerate + engine (measured) plus temporaries (768 MiB: at 512 MiB our engine was
+# OOM-killed in 2 of 3 quick runs), and room for activations; two streamed layers are added
+# per model. Kept tight: any slack becomes page cache that hides the disk.
+IMPORT_OVERHEAD = 768 * MiB
+ACTIVATION_ALLOWANCE = 256 * MiB
+
+WRANGLING_TODO = (
+    "workload 3 (wrangling: 2,000 long-tailed rows, 400-id shared prefix, 8 new) is not wired "
+    "yet: prompts exist (benchmarks.prompts.wrangling_prompts); runners need --prompts-file "
+    "input and `ours` a plain-FlexGen mode (no bucketing / prefix sharing) to compare against"
+)
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One line of the table: a runner module and how it is configured."""
+
+    runner: str  # benchmarks.runners.<runner>
+    policy: str | None = None  # ours only: auto / a hand policy name
+    sweep: bool = False  # peers: run every batch size of the sweep, keep the best
+
+    @property
+    def label(self) -> str:
+        return f"{self.runner}:{self.policy}" if self.policy else self.runner
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str  # "1", "2-quick", ...
+    title: str
+    model: str  # checkpoint preset (benchmarks.checkpoints.PRESETS)
+    rows: int
+    prompt_len: int
+    gen_len: int
+    systems: tuple[SystemSpec, ...]
+    peer_batches: tuple[int, ...] = (16, 32, 64)
+    weight_budget_frac: float | None = None  # offload: share of the weights' bytes in memory
+    kv_rows: int = 64  # rows whose KV cache the memory allowance holds (= the largest peer batch)
+    capped: bool = False  # run every system inside a cgroup memory cap by default
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _in_ram(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
+            batches: tuple[int, ...], hand: str) -> Workload:
+    systems = (SystemSpec("hf", sweep=True), SystemSpec("ours", "auto"), SystemSpec("ours", hand))
+    return Workload(key, f"fits in RAM ({model})", model, rows, prompt_len, gen_len, systems,
+                    peer_batches=batches, kv_rows=max(batches))
+
+
+def _offload(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
+             batches: tuple[int, ...], hand: str) -> Workload:
+    systems = (SystemSpec("accelerate_offload", sweep=True), SystemSpec("ours", "auto"),
+               SystemSpec("ours", hand))
+    return Workload(key, f"offload, 25% of weights in memory ({model})", model, rows,
+                    prompt_len, gen_len, systems, peer_batches=batches, weight_budget_frac=0.25,
+                    kv_rows=max(batches), capped=True)
+
+
+WORKLOADS: dict[str, Workload] = {
+    "1": _in_ram("1", "opt-1.3b", 256, 128, 32, (16, 32, 64), "all-device-32x8"),
+    "1-quick": _in_ram("1-quick", "opt-125m", 64, 64, 8, (32, 64), "all-device-16x4"),
+    "2": _offload("2", "opt-1.3b", 256, 128, 32, (16, 32, 64), "w25-disk75-32x2"),
+    # opt-350m, not 125m: 25% of opt-125m is smaller than its embedding, so Accelerate would
+    # put the whole model on disk as one module (3 GiB peak), a case no one runs
+    "2-quick": _offload("2-quick", "opt-350m", 32, 64, 8, (32,), "w25-disk75-16x2"),
+}
+
+
+def get_workload(number: str, quick: bool) -> Workload:
+    if number == "3":
+        raise NotImplementedError(WRANGLING_TODO)
+    key = f"{number}-quick" if quick else number
+    if key not in WORKLOADS:
+        raise ValueError(f"unknown workload {number!r}; workloads are 1, 2 (3 is a TODO)")
+    return WORKLOADS[key]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The memory a workload grants, identical for every system."""
+
+    weight_budget: int | None  # bytes of weights allowed in memory (None: all)
+    kv_allowance: int  # bytes for the KV cache of kv_rows rows at full context
+    cap_bytes: int | None  # the cgroup limit (None: uncapped)
+
+    @property
+    def fast_budget(self) -> int | None:
+        """Bytes of fast memory for weights + KV, as the floor sees it."""
+        return None if self.weight_budget is None else self.weight_budget + self.kv_allowance
+
+
+def memory_plan(workload: Workload, weight_bytes: int, kv_bytes_per_token: int,
+                layer_bytes: int, capped: bool | None = None) -> MemoryPlan:
+    """The cap: imports + activations + two streamed layers + resident weights + KV."""
+    kv = workload.kv_rows * (workload.prompt_len + workload.gen_len) * kv_bytes_per_token
+    budget = None
+    if workload.weight_budget_frac is not None:
+        budget = int(workload.weight_budget_frac * weight_bytes)
+    use_cap = workload.capped if capped is None else capped
+    resident = budget if budget is not None else weight_bytes
+    overhead = IMPORT_OVERHEAD + ACTIVATION_ALLOWANCE + 2 * layer_bytes
+    cap = overhead + resident + kv if use_cap else None
+    return MemoryPlan(budget, kv, cap)
