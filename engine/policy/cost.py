@@ -37,6 +37,10 @@ class LayerCost:
     count: int  # layers of this kind
     compute_s: float
     links: dict[str, Expr] = field(default_factory=dict)  # link -> seconds (linear)
+    compute_vars: Expr = field(default_factory=dict)  # compute that moves with the placement
+
+    def compute(self, fractions: dict[str, float]) -> float:
+        return self.compute_s + sum(c * fractions.get(v, 0.0) for v, c in self.compute_vars.items())
 
     def io(self, link: str, var: str, seconds: float) -> None:
         expr = self.links.setdefault(link, {})
@@ -50,14 +54,18 @@ class _Mover:
         self.bw, self.latency = profile.bandwidth, profile.disk_latency_s
         self.gpu = profile.device == "cuda"
 
-    def fetch(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1) -> None:
-        cost.io("host->device", f"{what}.host", num_bytes / self.bw["host->device"])
+    def fetch(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1,
+              from_host: bool = True) -> None:
+        if from_host:
+            cost.io("host->device", f"{what}.host", num_bytes / self.bw["host->device"])
         cost.io("disk->host", f"{what}.disk", num_bytes / self.bw["disk->host"] + files * self.latency)
         if self.gpu:  # disk reads land in host memory, then cross to the GPU
             cost.io("host->device", f"{what}.disk", num_bytes / self.bw["host->device"])
 
-    def store(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1) -> None:
-        cost.io("device->host", f"{what}.host", num_bytes / self.bw["device->host"])
+    def store(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1,
+              to_host: bool = True) -> None:
+        if to_host:
+            cost.io("device->host", f"{what}.host", num_bytes / self.bw["device->host"])
         cost.io("host->disk", f"{what}.disk", num_bytes / self.bw["host->disk"] + files * self.latency)
         if self.gpu:
             cost.io("device->host", f"{what}.disk", num_bytes / self.bw["device->host"])
@@ -73,24 +81,50 @@ def _weight_stats(layer: LayerSpec, itemsize: int) -> tuple[int, int, int]:
 
 
 def _compute_s(cfg: ModelConfig, layer: LayerSpec, batch: Batch, new: int, attended: float,
-               profile: HardwareProfile, dtype: torch.dtype) -> float:
+               profile: HardwareProfile, dtype: torch.dtype) -> tuple[float, float]:
+    """(seconds of one layer's compute for one batch, of which attention over the cache)."""
     weight_bytes, _, matmul = _weight_stats(layer, dtype.itemsize)
     tokens = batch.rows * (1 if layer.kind == "head" else new)  # the head sees last positions
-    flops = 2 * tokens * matmul
     touched = weight_bytes + tokens * cfg.hidden_size * dtype.itemsize * 2
+    dense = max(2 * tokens * matmul / profile.flops(dtype),
+                touched / profile.bandwidth["device->device"])
+    attention = 0.0
     if layer.kind == "decoder":
-        flops += 4 * batch.rows * cfg.num_heads * new * attended * cfg.head_dim
-        touched += 2 * batch.rows * cfg.num_kv_heads * attended * cfg.head_dim * dtype.itemsize
-    busy = max(flops / profile.flops(dtype), touched / profile.bandwidth["device->device"])
-    return busy + profile.call_overhead_s
+        flops = 4 * batch.rows * cfg.num_heads * new * attended * cfg.head_dim
+        cache = 2 * batch.rows * cfg.num_kv_heads * attended * cfg.head_dim * dtype.itemsize
+        attention = max(flops / profile.flops(dtype), cache / profile.bandwidth["device->device"])
+    return dense + attention + profile.call_overhead_s, attention
+
+
+def _attend_on_host(cost: LayerCost, cfg: ModelConfig, batch: Batch, attended: float,
+                    on_device_s: float, mover: _Mover, profile: HardwareProfile,
+                    itemsize: int) -> None:
+    """cpu_attention at decode: a host-resident cache is attended to on the host; only the new
+    q/k/v go over and the attention output comes back."""
+    flops = 4 * batch.rows * cfg.num_heads * attended * cfg.head_dim
+    var = "cache.host"
+    cost.compute_vars[var] = (cost.compute_vars.get(var, 0.0)
+                              + flops / profile.cpu_attention_flops - on_device_s)
+    qkv = batch.rows * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim * itemsize
+    cost.io("device->host", var, qkv / mover.bw["device->host"])
+    cost.io("host->device", var, batch.rows * cfg.num_heads * cfg.head_dim * itemsize
+            / mover.bw["host->device"])
+
+
+def _cache_io(cost: LayerCost, mover: _Mover, cache: int, phase: str, in_place: bool) -> None:
+    if phase == "decode":
+        mover.fetch(cost, "cache", cache, from_host=not in_place)
+    mover.store(cost, "cache", cache, to_host=not (in_place and phase == "decode"))
 
 
 def token_costs(
     cfg: ModelConfig, layers: list[LayerSpec], batches: list[Batch], gen_len: int,
     prefix_len: int, phase: str, profile: HardwareProfile, dtype: torch.dtype,
+    cpu_attention: bool = False,
 ) -> dict[str, LayerCost]:
     """Per layer kind, the cost of one token of a block of `batches` (decode: an average step)."""
     mover, itemsize = _Mover(profile), dtype.itemsize
+    in_place = cpu_attention and phase == "decode"
     costs: dict[str, LayerCost] = {}
     for kind in KINDS:
         layer = next(spec for spec in layers if spec.kind == kind)
@@ -100,18 +134,20 @@ def token_costs(
         for batch in batches:
             new = batch.width if phase == "prefill" else 1
             attended = prefix_len + batch.width + (0 if phase == "prefill" else gen_len / 2)
-            cost.compute_s += _compute_s(cfg, layer, batch, new, attended, profile, dtype)
+            seconds, attention_s = _compute_s(cfg, layer, batch, new, attended, profile, dtype)
+            cost.compute_s += seconds
             hidden = hidden_bytes(cfg, batch.rows, new, itemsize)
             if kind != "head":
                 mover.store(cost, "activations", hidden)
             if kind != "embed":
                 mover.fetch(cost, "activations", hidden)
             if kind == "decoder":
-                cache = cache_entry_bytes(cfg, batch.rows, prefix_len + batch.width + gen_len,
-                                          itemsize)
-                if phase == "decode":
-                    mover.fetch(cost, "cache", cache)
-                mover.store(cost, "cache", cache)
+                capacity = prefix_len + batch.width + gen_len
+                _cache_io(cost, mover, cache_entry_bytes(cfg, batch.rows, capacity, itemsize),
+                          phase, in_place)
+                if in_place:
+                    _attend_on_host(cost, cfg, batch, attended, attention_s, mover, profile,
+                                    itemsize)
         costs[kind] = cost
     return costs
 
@@ -119,7 +155,8 @@ def token_costs(
 def layer_seconds(cost: LayerCost, fractions: dict[str, float], overlap: bool) -> float:
     links = [sum(coeff * fractions.get(var, 0.0) for var, coeff in expr.items())
              for expr in cost.links.values()]
-    return max([cost.compute_s, *links]) if overlap else cost.compute_s + sum(links)
+    compute = cost.compute(fractions)
+    return max([compute, *links]) if overlap else compute + sum(links)
 
 
 def token_seconds(costs: dict[str, LayerCost], fractions: dict[str, dict[str, float]],

@@ -124,12 +124,13 @@ def _time(prob: pulp.LpProblem, groups: list[tuple[int, dict[str, dict[str, Laye
             for kind, cost in costs.items():
                 pace = _variable(prob, f"t_{group_idx}_{phase}_{kind}")
                 links = [_link_sum(expr, frac) for expr in cost.links.values()]
+                compute = cost.compute_s + _link_sum(cost.compute_vars, frac)
                 if overlap:
-                    prob += pace >= cost.compute_s
+                    prob += pace >= compute
                     for link in links:
                         prob += pace >= link
                 else:
-                    prob += pace >= cost.compute_s + pulp.lpSum(links)
+                    prob += pace >= compute + pulp.lpSum(links)
                 total.append(count * tokens * cost.count * pace)
     return pulp.lpSum(total)
 

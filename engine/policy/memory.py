@@ -98,6 +98,13 @@ def cache_entry_bytes(cfg: ModelConfig, rows: int, capacity: int, itemsize: int)
     return 2 * rows * cfg.num_kv_heads * capacity * cfg.head_dim * itemsize
 
 
+def quantized_bytes(cfg: ModelConfig, rows: int, capacity: int, itemsize: int) -> int:
+    """A KV cache entry held as 4-bit group-wise codes (groups along the head dim)."""
+    dtype = {2: torch.bfloat16, 4: torch.float32}[itemsize]
+    shape = (2, rows, cfg.num_kv_heads, capacity, cfg.head_dim)
+    return plan_quant(shape, dtype).nbytes
+
+
 def hidden_bytes(cfg: ModelConfig, rows: int, tokens: int, itemsize: int) -> int:
     """A hidden state between layers: [B, T, C]."""
     return rows * tokens * cfg.hidden_size * itemsize

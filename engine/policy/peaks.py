@@ -26,6 +26,7 @@ from engine.policy.memory import (
     cache_entry_bytes,
     entry_tiers,
     hidden_bytes,
+    quantized_bytes,
     weight_home_bytes,
     weight_load_bytes,
 )
@@ -87,7 +88,13 @@ class _Token:
     cache_tiers: list[list[str]]
     hidden_tiers: list[list[str]]
     weight_loads: list[int]  # [layer]
-    prefix: list[tuple[str, int]] | None = None  # [layer] (tier, bytes) of the shared prefix
+    cache_home: list[int] | None = None  # [batch] bytes a cache home holds (4-bit: smaller)
+    in_place: bool = False  # cpu_attention: decode attends to a host cache where it lives
+    prefix: list[tuple[str, int, int]] | None = None  # [layer] (tier, home bytes, full bytes)
+
+    @property
+    def compressed(self) -> bool:
+        return self.cache_home is not None
 
 
 _OPS = {LoadWeights: 0, FreeWeights: 1, LoadCache: 2, LoadHidden: 3, Compute: 4, StoreCache: 5,
@@ -130,10 +137,8 @@ def _run_token(ledger: _Ledger, token: _Token, steps: tuple, lag: int) -> None:
                 _tick(ledger, pending)
         else:
             cache = op == 5
-            tiers, sizes = (token.cache_tiers, token.cache) if cache else (
-                token.hidden_tiers, token.hidden)
-            charges = _store(tiers[layer][batch], sizes[batch],
-                             new_home=not cache or token.phase == "prefill")
+            charges = (_store_cache(token, layer, batch) if cache else
+                       _store(token.hidden_tiers[layer][batch], token.hidden[batch], True))
             releases = _charge_new_home(ledger, charges)
             key = ("cache" if cache else "hidden", layer, batch)
             pending[key] = [lag, releases]
@@ -170,13 +175,35 @@ def _settle(ledger: _Ledger, pending: dict[tuple, list], key: tuple | None = Non
 
 
 def _load_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
+    tier, full = token.cache_tiers[layer][batch], token.cache[batch]
     if token.phase == "prefill":
-        ledger.add("device", token.cache[batch])  # a fresh buffer for the whole generation
-        if token.prefix is not None and token.prefix[layer][0] != "device":
-            ledger.add("device", token.prefix[layer][1])  # the shared prefix, copied in
-            ledger.add("device", -token.prefix[layer][1])
-    elif token.cache_tiers[layer][batch] != "device":
-        ledger.add("device", token.cache[batch])
+        ledger.add("device", full)  # a fresh buffer for the whole generation
+        if token.prefix is not None:  # the shared prefix, fetched, copied in and released
+            lease = _fetch_peak(*token.prefix[layer], token.compressed)
+            ledger.add("device", lease)
+            ledger.add("device", -lease)
+    elif token.compressed:  # codes fetched, dequantized into a full lease, codes released
+        codes = 0 if tier == "device" else token.cache_home[batch]
+        ledger.add("device", codes + full)
+        ledger.add("device", -codes)
+    elif tier != "device" and not (token.in_place and tier == "host"):
+        ledger.add("device", full)
+
+
+def _fetch_peak(tier: str, stored: int, full: int, compressed: bool) -> int:
+    """Device bytes a fetch holds at its peak: the codes copied over (when off the device)
+    and, when compressed, the full tensor they are dequantized into."""
+    return (stored if tier != "device" else 0) + (full if compressed else 0)
+
+
+def _store_cache(token: _Token, layer: int, batch: int) -> list[tuple[str, int]]:
+    tier, full = token.cache_tiers[layer][batch], token.cache[batch]
+    if token.compressed:  # a new home of 4-bit codes on any tier, or a write-back of them
+        home = [(tier, token.cache_home[batch])] if token.phase == "prefill" else []
+        return [*home, ("device", -full)]
+    if token.in_place and tier == "host" and token.phase == "decode":
+        return []  # updated where it lives: nothing was charged
+    return _store(tier, full, new_home=token.phase == "prefill")
 
 
 def _fetch_hidden(token: _Token, layer: int, batch: int) -> int:
@@ -223,6 +250,9 @@ def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: Blo
         cache_tiers=entry_tiers(len(layers), len(shape.rows), policy.cache),
         hidden_tiers=entry_tiers(len(layers), len(shape.rows), policy.activations),
         weight_loads=weight_load_bytes(layers, policy, itemsize),
+        cache_home=[quantized_bytes(cfg, shape.rows[b], shape.capacity(b), itemsize)
+                    for b in batches] if policy.compress_cache else None,
+        in_place=policy.cpu_attention,
     )
 
 
@@ -240,7 +270,8 @@ def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape
         one_row = BlockShape((1,), (shape.prefix_len,), 0)
         token = _token(cfg, layers, policy, one_row, itemsize, "prefill")
         _run_token(ledger, token, _compiled_steps(has_cache, 1, policy.overlap), lag)
-        prefix = [(tiers[0], token.cache[0]) for tiers in token.cache_tiers]
+        stored = token.cache_home[0] if token.compressed else token.cache[0]
+        prefix = [(tiers[0], stored, token.cache[0]) for tiers in token.cache_tiers]
     steps = _compiled_steps(has_cache, len(shape.rows), policy.overlap)
     phases = ("prefill", "decode") if shape.gen_len > 1 else ("prefill",)
     for phase in phases:

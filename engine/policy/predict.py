@@ -84,7 +84,8 @@ def table_seconds(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, wor
     for count, batches in groups:
         prefill, decode = (token_seconds(
             token_costs(cfg, layers, batches, workload.gen_len, workload.shared_prefix, phase,
-                        profile, dtype), fractions, policy.overlap) for phase in ("prefill", "decode"))
+                        profile, dtype, policy.cpu_attention), fractions, policy.overlap)
+            for phase in ("prefill", "decode"))
         per_block.append((prefill, decode * (workload.gen_len - 1)))
         total += count * sum(per_block[-1])
     return *per_block[0], total

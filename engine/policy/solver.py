@@ -72,12 +72,14 @@ def candidates(rows: int) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
-def _groups(problem: _Problem, size: int, count: int) -> list:
+def _groups(problem: _Problem, size: int, count: int, cpu_attention: bool = False) -> list:
+    """[(blocks, {phase: {kind: LayerCost}})]: the cost expressions of each block group."""
     wl = problem.workload
     groups = []
     for blocks, batches in table_blocks(problem.lengths, size, count):
         phases = {phase: token_costs(problem.cfg, problem.layers, batches, wl.gen_len,
-                                     wl.shared_prefix, phase, problem.profile, problem.dtype)
+                                     wl.shared_prefix, phase, problem.profile, problem.dtype,
+                                     cpu_attention)
                   for phase in PHASES}
         if wl.gen_len == 1:
             phases.pop("decode")
@@ -103,18 +105,19 @@ def _bound(problem: _Problem, groups: list, terms: MemoryTerms, overlap: bool) -
     return total
 
 
-def _round(size: int, count: int, fractions: dict[str, float], overlap: bool) -> Policy:
+def _round(size: int, count: int, fractions: dict[str, float], overlap: bool,
+           cpu_attention: bool) -> Policy:
     def placement(what: str) -> Placement:
         device = round(100 * fractions[f"{what}.device"], 1)
         host = min(round(100 * fractions[f"{what}.host"], 1), 100 - device)
         return Placement(device, host, round(100 - device - host, 1))
 
     return Policy(size, count, placement("weights"), placement("cache"), placement("activations"),
-                  overlap=overlap)
+                  overlap=overlap, cpu_attention=cpu_attention)
 
 
 def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list,
-         beat: float = float("inf")) -> Policy | None:
+         beat: float = float("inf"), cpu_attention: bool = False) -> Policy | None:
     """The LP's placement for this candidate, rounded to a policy whose replayed peaks fit the
     budgets; None when nothing fits or the LP already says it cannot beat `beat` seconds."""
     wl = problem.workload
@@ -126,7 +129,7 @@ def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list,
         result = solve_lp(terms, groups, wl.gen_len, budgets, overlap)
         if result is None or result.seconds >= beat:
             return None
-        policy = _round(size, count, result.fractions, overlap)
+        policy = _round(size, count, result.fractions, overlap, cpu_attention)
         peaks = block_peaks(problem.cfg, problem.layers, policy, shape, problem.dtype,
                             lag=PLANNING_LAG)
         over = {tier: peaks[tier] - problem.budgets[tier] for tier in TIERS
@@ -173,14 +176,24 @@ def _search(problem: _Problem) -> Policy | None:
     for bound, _, size, count, overlap, groups in entries:
         if bound >= best_s:
             break
-        policy = _fit(problem, size, count, overlap, groups, beat=best_s)
-        if policy is None:
-            continue
-        seconds = table_seconds(problem.cfg, problem.layers, policy, problem.workload,
-                                problem.profile, problem.dtype)[2]
-        if seconds < best_s:
-            best, best_s = policy, seconds
+        for policy in _placements(problem, size, count, overlap, groups, best_s):
+            seconds = table_seconds(problem.cfg, problem.layers, policy, problem.workload,
+                                    problem.profile, problem.dtype)[2]
+            if seconds < best_s:
+                best, best_s = policy, seconds
     return best
+
+
+def _placements(problem: _Problem, size: int, count: int, overlap: bool, groups: list,
+                beat: float) -> list[Policy]:
+    """The LP's policy for one candidate; when it puts cache on the host, also the one that
+    attends to that cache in place (cpu_attention)."""
+    policy = _fit(problem, size, count, overlap, groups, beat)
+    if policy is None or policy.cache.host == 0:
+        return [] if policy is None else [policy]
+    in_place = _fit(problem, size, count, overlap, _groups(problem, size, count, True), beat,
+                    cpu_attention=True)
+    return [policy] if in_place is None else [policy, in_place]
 
 
 def _pace(problem: _Problem, policy: Policy) -> str:
@@ -189,14 +202,15 @@ def _pace(problem: _Problem, policy: Policy) -> str:
     batches = table_blocks(problem.lengths, policy.gpu_batch_size, policy.num_gpu_batches)[0][1]
     cost = token_costs(problem.cfg, problem.layers, batches, problem.workload.gen_len,
                        problem.workload.shared_prefix, phase, problem.profile,
-                       problem.dtype)["decoder"]
+                       problem.dtype, policy.cpu_attention)["decoder"]
     fractions = policy_fractions(problem.layers, policy, problem.dtype.itemsize)["decoder"]
     links = {link: layer_seconds(LayerCost(1, 0.0, {link: expr}), fractions, True)
              for link, expr in cost.links.items()}
     link, seconds = max(links.items(), key=lambda item: item[1])
-    if seconds <= cost.compute_s:
+    compute = cost.compute(fractions)
+    if seconds <= compute:
         return f"{phase} is compute-bound"
-    return f"{phase} waits on {link} transfers ({seconds / cost.compute_s:.1f}x the compute)"
+    return f"{phase} waits on {link} transfers ({seconds / compute:.1f}x the compute)"
 
 
 def _why(problem: _Problem, policy: Policy, prediction: Prediction) -> str:

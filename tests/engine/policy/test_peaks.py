@@ -35,13 +35,24 @@ CASES = [
     ("mistral", Policy(2, 4, ON_DEVICE, P(25, 25, 50), ON_DEVICE), [10] * 8, 10, 0),
     ("opt350", Policy(4, 1, ON_HOST, ON_DEVICE, ON_DISK, overlap=False), [20] * 4, 3, 0),
     ("llama_tied", Policy(1, 4, P(60, 40, 0), ON_HOST, ON_HOST), [7, 7, 7, 7], 12, 0),
+    # attention in place over a host cache; 4-bit caches and weights
+    ("opt", Policy(4, 2, ON_DEVICE, ON_HOST, ON_DEVICE, cpu_attention=True, overlap=False),
+     [12] * 8, 6, 0),
+    ("llama", Policy(3, 2, ON_HOST, P(50, 50, 0), ON_DEVICE, cpu_attention=True, overlap=False),
+     [20, 4, 6, 9, 10, 11], 8, 4),
+    ("opt", Policy(4, 2, ON_DEVICE, ON_HOST, ON_DEVICE, compress_cache=True, overlap=False),
+     [12] * 8, 6, 5),
+    ("llama", Policy(3, 2, P(50, 0, 50), P(30, 30, 40), ON_DEVICE, compress_weights=True,
+                     compress_cache=True, overlap=False), [20, 4, 6, 9, 10, 11], 8, 0),
 ]
 
 
 def _label(case) -> str:
     family, policy, lengths, _, prefix = case
     return (f"{family}-{policy.gpu_batch_size}x{policy.num_gpu_batches}"
-            f"-{'overlap' if policy.overlap else 'inorder'}-{len(lengths)}rows-p{prefix}")
+            f"-{'overlap' if policy.overlap else 'inorder'}-{len(lengths)}rows-p{prefix}"
+            f"{'-cpuattn' if policy.cpu_attention else ''}"
+            f"{'-4bit' if policy.compress_cache or policy.compress_weights else ''}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_label(case) for case in CASES])
