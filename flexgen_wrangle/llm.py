@@ -29,15 +29,18 @@ from flexgen_wrangle.tasks import Classify, Extract, Generate
 
 logger = logging.getLogger(__name__)
 
+# The engine is planned once and reused by later calls: plan for a column of at least this many
+# rows, so that a small first call does not leave a tiny block shape for the big ones after it.
+MIN_PLANNED_ROWS = 1024
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "examples" / "demo_model"
 
 
 class LLM:
     """`fw.LLM(model_dir)`; tasks: `classify`, `extract`, `generate` over a text column.
 
-    policy: "auto" (the planner places the engine for the first column it runs, when
-    `engine.plan` is available; else the engine's default), None (the engine's default), or an
-    `engine.Policy`. memory: budgets per tier, e.g. {"device": "2GiB", "host": "8GiB"}.
+    policy: "auto" (the planner places the engine for the first column it runs, taken as at
+    least `MIN_PLANNED_ROWS` rows), None (the engine's default policy), or an `engine.Policy`.
+    memory: budgets per tier, e.g. {"device": "2GiB", "host": "8GiB"}.
     """
 
     def __init__(self, model_dir: str | Path, memory: dict[str, str | int] | None = None,
@@ -92,10 +95,11 @@ class LLM:
             from engine import Workload, plan
         except ImportError:  # no planner in this build: the engine's own default
             return "auto"
-        workload = Workload(rows=max(rows, 1), prompt_len=dict(Counter(lengths)),
+        workload = Workload(rows=max(rows, MIN_PLANNED_ROWS), prompt_len=dict(Counter(lengths)),
                             gen_len=max(gen_len, 1), shared_prefix=shared_prefix)
         try:
-            self.plan = plan(self.model_dir, workload, memory=self.memory)
+            self.plan = plan(self.model_dir, workload, memory=self.memory, device=self.device,
+                             dtype=self.dtype, offload_dir=self.offload_dir)
         except Exception as err:  # planning is an optimisation: never fail the column for it
             logger.warning("planning failed (%s); using the engine's default policy", err)
             return "auto"
