@@ -63,3 +63,9 @@ def test_stream_validation_before_reading(wrangle_model_dir):
     with pytest.raises(ValueError, match="id"):
         classify_reader(_reader(pulled), "id", ["a", "b"], llm)
     assert pulled == [] and llm._engine is None
+
+
+def test_top_level_map_reader(wrangle_llm):
+    reader = fw.map_reader(_reader([]), "classify", wrangle_llm, column="text", labels=["a", "b"])
+    table = reader.read_all()
+    assert table.num_rows == len(TEXTS) and "text_label" in table.column_names
