@@ -28,8 +28,9 @@ HARDWARE_CACHE = CACHE_DIR / "hardware.json"
 @dataclass(frozen=True)
 class WorkloadShape:
     rows: int
-    prompt_len: int
+    prompt_len: float  # the mean, for unequal prompts (a lower bound stays a lower bound)
     gen_len: int
+    shared_prefix: int = 0  # leading ids every prompt shares: computed and stored once
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,13 @@ class Floor:
 
 def flops(shape: ModelShape, work: WorkloadShape) -> float:
     """Matmul FLOPs (2 per multiply-add) of prefill + decode, attention included."""
-    fed_tokens = work.rows * (work.prompt_len + work.gen_len - 1)  # the last id is not fed back
+    prefix = work.shared_prefix
+    own_tokens = work.prompt_len - prefix + work.gen_len - 1  # the last id is not fed back
+    fed_tokens = work.rows * own_tokens + prefix
     dense = 2 * shape.matmul_params * fed_tokens + 2 * shape.head_params * work.rows * work.gen_len
-    attended = _triangle(work.prompt_len) + sum(_decode_contexts(work))  # keys seen, per row
-    attention = 4 * shape.q_dim * shape.num_layers * work.rows * attended  # QK^T and PV
+    own_prefill = _triangle(work.prompt_len) - _triangle(prefix)  # keys seen by own ids
+    attended = work.rows * (own_prefill + sum(_decode_contexts(work))) + _triangle(prefix)
+    attention = 4 * shape.q_dim * shape.num_layers * attended  # QK^T and PV
     return float(dense + attention)
 
 
@@ -64,8 +68,10 @@ def link_bytes(
     streamed = (shape.matmul_params + shape.head_params) * BF16_BYTES  # read by every pass
     kv_token = shape.kv_bytes_per_token()
     block_rows = work.rows / num_blocks
-    passes_kv = [0.0] + [block_rows * ctx * kv_token for ctx in _decode_contexts(work)]
-    kv_writes = work.rows * (work.prompt_len + work.gen_len - 1) * kv_token
+    prefix = work.shared_prefix
+    passes_kv = [0.0] + [(block_rows * (ctx - prefix) + prefix) * kv_token
+                         for ctx in _decode_contexts(work)]
+    kv_writes = (work.rows * (work.prompt_len - prefix + work.gen_len - 1) + prefix) * kv_token
     fast = num_blocks * (work.gen_len * streamed + sum(passes_kv)) + kv_writes
     out = {"fast": float(fast)}
     if fast_budget is not None:
@@ -111,11 +117,11 @@ def load_or_measure(device: str = "cpu", refresh: bool = False, quick: bool = Fa
     return hardware
 
 
-def _triangle(length: int) -> int:
-    return length * (length + 1) // 2
+def _triangle(length: float) -> float:
+    return length * (length + 1) / 2
 
 
-def _decode_contexts(work: WorkloadShape) -> list[int]:
+def _decode_contexts(work: WorkloadShape) -> list[float]:
     """Keys each decode step attends over: prompt + ids generated so far (incl. the new one)."""
     return [work.prompt_len + step for step in range(1, work.gen_len)]
 

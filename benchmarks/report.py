@@ -137,7 +137,8 @@ def agreement_line(rows: list[dict]) -> str:
     distinct = {sha for shas in hashes.values() for sha in shas}
     if len(distinct) <= 1:
         return f"identical ids across {len(hashes)} system(s)"
-    return "ids differ: " + ", ".join(f"{label} {'/'.join(shas)}" for label, shas in hashes.items())
+    detail = ", ".join(f"{label} {'/'.join(shas)}" for label, shas in hashes.items())
+    return f"ids differ (bf16 rounding differs between kernels / prefix splits): {detail}"
 
 
 def sweep_lines(runs: list[dict]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from benchmarks.machine import git_revision, machine_info, versions
 from benchmarks.memcap import evict_page_cache, memory_cap
 from benchmarks.modelinfo import ModelShape
 from benchmarks.report import add_peer_ratios, best_batch, refresh_section, render_report, summarize
+from benchmarks.runners.common import make_prompts
 from benchmarks.workloads import (
     ACTIVATION_ALLOWANCE,
     WRANGLING_TODO,
@@ -79,7 +80,8 @@ def runner_command(ctx: Context, system: SystemSpec, batch: int | None) -> list[
     cmd = [sys.executable, "-m", f"benchmarks.runners.{system.runner}",
            "--model", str(ctx.model_dir), "--rows", str(work.rows),
            "--prompt-len", str(work.prompt_len), "--gen-len", str(work.gen_len),
-           "--device", ctx.device, "--variant", system.label]
+           "--device", ctx.device, "--variant", system.label, "--prompts", work.prompts,
+           "--prefix-len", str(work.prefix_len)]
     if batch is not None:
         cmd += ["--batch", str(batch)]
     if system.runner == "accelerate_offload":
@@ -89,6 +91,8 @@ def runner_command(ctx: Context, system: SystemSpec, batch: int | None) -> list[
             cmd += ["--host-budget", str(ctx.shape.weight_bytes)]
     if system.runner == "ours":
         cmd += ["--policy", system.policy or "auto", "--offload-dir", str(OFFLOAD_PARENT)]
+        if system.share_prefix:
+            cmd.append("--share-prefix")
         memory = ours_memory(ctx)
         if memory is not None:
             cmd += ["--memory", json.dumps(memory)]
@@ -156,10 +160,18 @@ def run_system(ctx: Context, system: SystemSpec) -> list[dict]:
         [dict(run, counted=True) for run in more]
 
 
-def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> dict:
+def workload_shape(ctx: Context) -> WorkloadShape:
+    """What the floor sees: the mean prompt length of the very prompts the runners use."""
     work = ctx.workload
-    shape = WorkloadShape(work.rows, work.prompt_len, work.gen_len)
-    floor = compute_floor(ctx.shape, shape, hardware, ctx.memory.fast_budget)
+    vocab = json.loads((ctx.model_dir / "config.json").read_text())["vocab_size"]
+    prompts = make_prompts(work.prompts, work.rows, work.prompt_len, work.prefix_len, vocab, 0)
+    mean_len = sum(len(prompt) for prompt in prompts) / len(prompts)
+    return WorkloadShape(work.rows, mean_len, work.gen_len, shared_prefix=work.prefix_len)
+
+
+def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> dict:
+    floor = compute_floor(ctx.shape, workload_shape(ctx), hardware, ctx.memory.fast_budget)
+    work = ctx.workload
     runs: list[dict] = []
     for system in work.systems:
         if only and not any(system.label.startswith(prefix) for prefix in only):
@@ -179,7 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small variants (< 3 min each)")
     parser.add_argument("--workload", action="append", choices=["1", "2", "3"],
-                        help="repeatable; default: 1 and 2")
+                        help="repeatable; default: 1 and 2 (3: wrangling, hours at full size)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--cap", default="auto", choices=["auto", "on", "off"],
@@ -215,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     numbers = args.workload or ["1", "2"]
     if "3" in numbers:
-        log(f"TODO: {WRANGLING_TODO}")
-        numbers = [number for number in numbers if number != "3"]
+        log(f"workload 3 TODO: {WRANGLING_TODO}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     raw_dir = args.results_dir / "raw" / stamp
     raw_dir.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
 1  fits in RAM: 256 prompts x 128 ids -> 32 new. Peers: HF generate (best batch of a sweep).
 2  offload: the same under a memory budget of 25% of the weights' bytes (weights mostly on
    disk), inside a memory cap. Peers: HF Accelerate offload (best batch of a sweep).
-3  wrangling: 2,000 long-tailed rows behind a 400-id shared prefix -> 8 new. TODO (see
-   `WRANGLING_TODO`): needs variable-length prompts in every runner and the wrangling pipeline.
+3  wrangling: 2,000 long-tailed rows behind a 400-id shared prefix -> 8 new. Peers: HF
+   generate (left-padded batches, best of a sweep); ours in plain FlexGen mode (full prompts)
+   and with the shared prefix run once. TODO: `WRANGLING_TODO`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ IMPORT_OVERHEAD = 768 * MiB
 ACTIVATION_ALLOWANCE = 256 * MiB
 
 WRANGLING_TODO = (
-    "workload 3 (wrangling: 2,000 long-tailed rows, 400-id shared prefix, 8 new) is not wired "
-    "yet: prompts exist (benchmarks.prompts.wrangling_prompts); runners need --prompts-file "
-    "input and `ours` a plain-FlexGen mode (no bucketing / prefix sharing) to compare against"
+    "workload 3 runs token ids through Engine.generate (plain, and with prefix=); still to add: "
+    "a runner for the flexgen_wrangle column pipeline (text in, tokenizer, dedup, length "
+    "buckets) on a real tokenizer's ids, and a floor over the exact length distribution"
 )
 
 
@@ -33,10 +34,12 @@ class SystemSpec:
     runner: str  # benchmarks.runners.<runner>
     policy: str | None = None  # ours only: auto / a hand policy name
     sweep: bool = False  # peers: run every batch size of the sweep, keep the best
+    share_prefix: bool = False  # ours only: the workload's shared prefix as Engine's prefix=
 
     @property
     def label(self) -> str:
-        return f"{self.runner}:{self.policy}" if self.policy else self.runner
+        label = f"{self.runner}:{self.policy}" if self.policy else self.runner
+        return label + "+prefix" if self.share_prefix else label
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Workload:
     weight_budget_frac: float | None = None  # offload: share of the weights' bytes in memory
     kv_rows: int = 64  # rows whose KV cache the memory allowance holds (= the largest peer batch)
     capped: bool = False  # run every system inside a cgroup memory cap by default
+    prompts: str = "random"  # or "wrangling": prompt_len = prefix_len + median row length
+    prefix_len: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -71,6 +76,15 @@ def _offload(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
                     kv_rows=max(batches), capped=True)
 
 
+def _wrangling(key: str, model: str, rows: int, prefix_len: int, median_row: int,
+               gen_len: int, batches: tuple[int, ...]) -> Workload:
+    systems = (SystemSpec("hf", sweep=True), SystemSpec("ours", "auto"),
+               SystemSpec("ours", "auto", share_prefix=True))
+    return Workload(key, f"wrangling, long-tailed rows behind a shared prefix ({model})", model,
+                    rows, prefix_len + median_row, gen_len, systems, peer_batches=batches,
+                    kv_rows=max(batches), prompts="wrangling", prefix_len=prefix_len)
+
+
 WORKLOADS: dict[str, Workload] = {
     "1": _in_ram("1", "opt-1.3b", 256, 128, 32, (16, 32, 64), "all-device-32x8"),
     "1-quick": _in_ram("1-quick", "opt-125m", 64, 64, 8, (32, 64), "all-device-16x4"),
@@ -78,15 +92,16 @@ WORKLOADS: dict[str, Workload] = {
     # opt-350m, not 125m: 25% of opt-125m is smaller than its embedding, so Accelerate would
     # put the whole model on disk as one module (3 GiB peak), a case no one runs
     "2-quick": _offload("2-quick", "opt-350m", 32, 64, 8, (32,), "w25-disk75-16x2"),
+    # opt-125m: HF prefills ~0.95M ids per run here (~10 min per run on 2 cores at 1.3B: hours)
+    "3": _wrangling("3", "opt-125m", 2000, 400, 64, 8, (16, 32, 64)),
+    "3-quick": _wrangling("3-quick", "opt-125m", 200, 100, 16, 8, (32, 64)),
 }
 
 
 def get_workload(number: str, quick: bool) -> Workload:
-    if number == "3":
-        raise NotImplementedError(WRANGLING_TODO)
     key = f"{number}-quick" if quick else number
     if key not in WORKLOADS:
-        raise ValueError(f"unknown workload {number!r}; workloads are 1, 2 (3 is a TODO)")
+        raise ValueError(f"unknown workload {number!r}; workloads are 1, 2, 3")
     return WORKLOADS[key]
 
 

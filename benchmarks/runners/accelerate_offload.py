@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         shutil.rmtree(offload_dir, ignore_errors=True)
     extra = {"batch": args.batch, "budget_bytes": args.budget, "device_map": dict(placement)}
-    return build_result(args, "accelerate_offload", outputs, meter, extra)
+    return build_result(args, "accelerate_offload", prompts, outputs, meter, extra)
 
 
 def main(argv: list[str] | None = None) -> None:

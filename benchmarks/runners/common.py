@@ -19,14 +19,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.prompts import random_prompts
+from benchmarks.prompts import random_prompts, wrangling_prompts
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", type=Path, required=True, help="checkpoint directory")
     parser.add_argument("--rows", type=int, required=True)
-    parser.add_argument("--prompt-len", type=int, required=True)
+    parser.add_argument("--prompt-len", type=int, required=True,
+                        help="ids per prompt (wrangling: prefix + median row length)")
+    parser.add_argument("--prompts", default="random", choices=["random", "wrangling"],
+                        help="wrangling: a shared --prefix-len prefix, then long-tailed rows")
+    parser.add_argument("--prefix-len", type=int, default=0)
     parser.add_argument("--gen-len", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0, help="prompt seed (same for all systems)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -45,7 +49,16 @@ def warmup_prompts(prompts: list[list[int]], rows: int) -> list[list[int]]:
 
 def prompts_for(args: argparse.Namespace) -> list[list[int]]:
     vocab = json.loads((args.model / "config.json").read_text())["vocab_size"]
-    return random_prompts(args.rows, args.prompt_len, vocab, seed=args.seed)
+    return make_prompts(args.prompts, args.rows, args.prompt_len, args.prefix_len, vocab,
+                        args.seed)
+
+
+def make_prompts(kind: str, rows: int, prompt_len: int, prefix_len: int, vocab: int,
+                 seed: int) -> list[list[int]]:
+    """The same prompts in every process (the orchestrator uses this for the floor)."""
+    if kind == "wrangling":
+        return wrangling_prompts(rows, prefix_len, prompt_len - prefix_len, vocab, seed=seed)
+    return random_prompts(rows, prompt_len, vocab, seed=seed)
 
 
 def read_proc_io() -> dict[str, int]:
@@ -90,6 +103,7 @@ def fingerprint(outputs: list[list[int]]) -> str:
 def build_result(
     args: argparse.Namespace,
     system: str,
+    prompts: list[list[int]],
     outputs: list[list[int]],
     meter: Meter,
     extra: dict | None = None,
@@ -105,6 +119,8 @@ def build_result(
         "prompt_len": args.prompt_len,
         "gen_len": args.gen_len,
         "device": args.device,
+        "prompts": getattr(args, "prompts", "random"),
+        "prompt_tokens": sum(len(row) for row in prompts),
         "gen_tokens": gen_tokens,
         "tokens_ok": gen_tokens == args.rows * args.gen_len and len(outputs) == args.rows,
         "load_s": meter.seconds.get("load", 0.0),

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
             generate_all(model, warm, args.batch, args.warmup_tokens, args.device)
     with meter.phase("generate", sync_for(args.device)):
         outputs = generate_all(model, prompts, args.batch, args.gen_len, args.device)
-    return build_result(args, "hf", outputs, meter, {"batch": args.batch})
+    return build_result(args, "hf", prompts, outputs, meter, {"batch": args.batch})
 
 
 def main(argv: list[str] | None = None) -> None:

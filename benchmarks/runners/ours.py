@@ -141,8 +141,12 @@ def timed_generate(
             warm = warmup_prompts(prompts, args.warmup_rows)
             engine.generate(warm, SamplingParams(args.warmup_tokens, ignore_eos=True))
         snapshots["engine_stats_after_warmup"] = engine_stats(engine)
+    params, prefix = SamplingParams(args.gen_len, ignore_eos=True), None
+    if args.share_prefix and args.prefix_len:  # the engine runs the prefix once
+        prefix, prompts = prompts[0][: args.prefix_len], [p[args.prefix_len :] for p in prompts]
     with meter.phase("generate", sync):
-        outputs = engine.generate(prompts, SamplingParams(args.gen_len, ignore_eos=True))
+        outputs = engine.generate(prompts, params, prefix=prefix) if prefix else \
+            engine.generate(prompts, params)
     snapshots["engine_stats"] = engine_stats(engine)
     return [list(row) for row in outputs], snapshots
 
@@ -163,8 +167,9 @@ def run(args: argparse.Namespace) -> dict:
             engine.close()
     finally:
         shutil.rmtree(offload_dir, ignore_errors=True)
-    extra = {"policy": args.policy, "chosen_policy": policy, "memory": memory, **stats}
-    return build_result(args, "ours", outputs, meter, extra)
+    extra = {"policy": args.policy, "chosen_policy": policy, "memory": memory,
+             "share_prefix": args.share_prefix, **stats}
+    return build_result(args, "ours", prompts, outputs, meter, extra)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy", default="auto", help="auto | none | hand policy | JSON")
     parser.add_argument("--memory", default=None, help='JSON: {"device": "2GiB", ...}')
     parser.add_argument("--offload-dir", type=Path, default=None, help="parent of the folder")
+    parser.add_argument("--share-prefix", action="store_true",
+                        help="pass the first --prefix-len ids as the engine's shared prefix")
     emit(run(parser.parse_args(argv)))
 
 

@@ -72,6 +72,16 @@ def test_floor_can_prefer_small_blocks_when_the_weights_fit() -> None:
     assert floor.link_bytes["offload"] == 0
 
 
+def test_shared_prefix_is_computed_once() -> None:
+    plain = WorkloadShape(rows=8, prompt_len=20, gen_len=4)
+    shared = WorkloadShape(rows=8, prompt_len=20, gen_len=4, shared_prefix=16)
+    saved_dense = 2 * 100 * 7 * 16  # 7 of the 8 rows no longer feed the 16 prefix ids
+    assert flops(SHAPE, plain) - flops(SHAPE, shared) > saved_dense
+    kv_plain = link_bytes(SHAPE, plain, 1, None)["fast"]
+    assert link_bytes(SHAPE, shared, 1, None)["fast"] < kv_plain
+    assert flops(SHAPE, WorkloadShape(8, 20, 4, shared_prefix=0)) == flops(SHAPE, plain)
+
+
 def test_model_shape_from_headers_handles_tied_head_and_gqa() -> None:
     config = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 16,
               "num_hidden_layers": 1, "vocab_size": 10}
@@ -168,12 +178,13 @@ def test_build_result_counts_tokens_and_rates() -> None:
                               device="cpu", warmup_tokens=0)
     meter = Meter(seconds={"load": 1.0, "generate": 2.0}, read_bytes={"load": 5, "generate": 7},
                   write_bytes={"load": 0, "generate": 0})
-    result = build_result(args, "hf", [[1, 2, 3, 4], [5, 6, 7, 8]], meter)
+    result = build_result(args, "hf", [[9, 9, 9], [9, 9, 9]], [[1, 2, 3, 4], [5, 6, 7, 8]], meter)
     assert result["tokens_ok"] and result["tok_per_s"] == 4.0 and result["rows_per_s"] == 1.0
     assert result["e2e_tok_per_s"] == pytest.approx(8 / 3)
     assert result["read_bytes"] == 12 and result["outputs_sha"] == fingerprint([[1, 2, 3, 4],
                                                                                 [5, 6, 7, 8]])
-    assert not build_result(args, "hf", [[1, 2, 3]], meter)["tokens_ok"]
+    assert result["prompt_tokens"] == 6
+    assert not build_result(args, "hf", [[9]], [[1, 2, 3]], meter)["tokens_ok"]
     json.dumps(result)
 
 
@@ -192,8 +203,11 @@ def test_prompts_are_seeded_and_avoid_special_ids() -> None:
 def test_workloads_and_memory_plan() -> None:
     assert get_workload("1", quick=False).rows == 256
     assert get_workload("2", quick=True) is WORKLOADS["2-quick"]
-    with pytest.raises(NotImplementedError):
-        get_workload("3", quick=False)
+    wrangling = get_workload("3", quick=False)
+    assert (wrangling.rows, wrangling.prefix_len, wrangling.prompt_len) == (2000, 400, 464)
+    assert [s.label for s in wrangling.systems] == ["hf", "ours:auto", "ours:auto+prefix"]
+    with pytest.raises(ValueError):
+        get_workload("4", quick=False)
     offload = get_workload("2", quick=False)
     plan = memory_plan(offload, weight_bytes=4000, kv_bytes_per_token=10, layer_bytes=100)
     assert plan.weight_budget == 1000 and plan.kv_allowance == 64 * 160 * 10
