@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flexgen_wrangle.llm import DEMO_MODEL_DIR, LLM
 
 DEMO_TABLE = DEMO_MODEL_DIR.parent / "demo_table.parquet"
@@ -71,7 +73,9 @@ def _report(name: str, out: Any, hits: list[bool], stats: Any, columns: list[str
 def run_demo(rows: int = 600, progress: bool = True) -> int:
     demo_data = _demo_data()
     table = load_table(DEMO_TABLE, rows)
-    with LLM.demo(progress=progress) as llm:
+    # fp32 on a CPU: the demo model is small, and its accuracy was measured in fp32
+    dtype = None if torch.cuda.is_available() else torch.float32
+    with LLM.demo(progress=progress, dtype=dtype) as llm:
         for kind, labels in (("review", demo_data.SENTIMENT_LABELS),
                              ("ticket", demo_data.CATEGORY_LABELS)):
             out, stats = classify_kind(table, kind, labels, llm)

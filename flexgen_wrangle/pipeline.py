@@ -92,7 +92,9 @@ def run_column(llm: Any, task: Task, texts: pa.Array,
 def _run_window(llm: Any, task: Task, distinct: Distinct, window: range,
                 options: PipelineOptions, stats: RunStats, results: dict, bar: tqdm) -> None:
     groups = _groups(llm, task, distinct, window, options.share_prefix)
+    began = time.perf_counter()
     engine = _prepare_engine(llm, task, groups, len(distinct.texts))
+    stats.setup_seconds += time.perf_counter() - began
     block_rows = max(1, options.block_rows or engine.policy.block_size)
     for group in groups:
         fits = _fitting(group, task.min_new_positions, llm.max_positions, distinct, stats, bar)
