@@ -52,6 +52,7 @@ class _Mover:
 
     def __init__(self, profile: HardwareProfile) -> None:
         self.bw, self.latency = profile.bandwidth, profile.disk_latency_s
+        self.write_latency = profile.disk_write_latency_s
         self.gpu = profile.device == "cuda"
 
     def fetch(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1,
@@ -66,7 +67,8 @@ class _Mover:
               to_host: bool = True) -> None:
         if to_host:
             cost.io("device->host", f"{what}.host", num_bytes / self.bw["device->host"])
-        cost.io("host->disk", f"{what}.disk", num_bytes / self.bw["host->disk"] + files * self.latency)
+        cost.io("host->disk", f"{what}.disk",
+                num_bytes / self.bw["host->disk"] + files * self.write_latency)
         if self.gpu:
             cost.io("device->host", f"{what}.disk", num_bytes / self.bw["device->host"])
 

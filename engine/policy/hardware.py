@@ -25,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 LINKS = ("disk->host", "host->disk", "host->device", "device->host", "device->device")
 
 
@@ -37,7 +37,8 @@ class HardwareProfile:
     matmul_flops: dict[str, float]  # dtype name ("float32", "bfloat16", ...) -> FLOP/s
     cpu_attention_flops: float  # FLOP/s of decode attention on the host CPU (fp32)
     call_overhead_s: float  # fixed cost of one layer compute in the engine (dispatch, Python)
-    disk_latency_s: float  # fixed cost of one offload-file read or write
+    disk_latency_s: float  # fixed cost of one offload-file read
+    disk_write_latency_s: float  # fixed cost of one offload-file write (it syncs)
     key: str = ""
     version: int = PROFILE_VERSION
 
@@ -53,11 +54,12 @@ class HardwareProfile:
         """Raises ValueError when the text is not a complete profile of this version."""
         try:
             raw = json.loads(text)
+            version = raw.get("version")
+            if version != PROFILE_VERSION:
+                raise ValueError(f"profile version {version}, expected {PROFILE_VERSION}")
             profile = cls(**raw)
-        except (json.JSONDecodeError, TypeError) as err:
+        except (json.JSONDecodeError, TypeError, AttributeError) as err:
             raise ValueError(f"not a hardware profile: {err}") from err
-        if profile.version != PROFILE_VERSION:
-            raise ValueError(f"profile version {profile.version}, expected {PROFILE_VERSION}")
         rates = [*profile.bandwidth.values(), *profile.matmul_flops.values()]
         if set(profile.bandwidth) != set(LINKS) or not profile.matmul_flops or not all(
                 isinstance(rate, int | float) and rate > 0 for rate in rates):
@@ -74,7 +76,8 @@ def nominal_profile(device: str) -> HardwareProfile:
                    "device->host": 20e9 if gpu else 10e9, "device->device": 1e12 if gpu else 20e9},
         matmul_flops={"float32": 20e12 if gpu else 100e9, "bfloat16": 150e12 if gpu else 200e9,
                       "float16": 150e12 if gpu else 200e9},
-        cpu_attention_flops=20e9, call_overhead_s=1e-4, disk_latency_s=1e-4, key="nominal")
+        cpu_attention_flops=20e9, call_overhead_s=1e-4, disk_latency_s=1e-4,
+        disk_write_latency_s=2e-3, key="nominal")
 
 
 def cache_dir() -> Path:

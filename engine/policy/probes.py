@@ -54,16 +54,29 @@ def copy_bandwidth(src_device: str, dst_device: str, num_bytes: int = 64 * MiB) 
     return num_bytes / _best(lambda: dst.copy_(src, non_blocking=pin), 3, sync)
 
 
-def disk_rates(directory: Path, num_bytes: int = 32 * MiB) -> tuple[float, float, float]:
-    """(read bytes/s, write bytes/s, seconds per small-file read) in `directory`."""
+def disk_rates(directory: Path, num_bytes: int = 32 * MiB) -> dict[str, float]:
+    """Offload-file rates in `directory`: bandwidth of large reads and writes, and the fixed
+    cost of one small read (4 KiB) and one small write (64 KiB, less its transfer time), as the
+    median of a few: writes that sync to the device cost milliseconds each."""
     with tempfile.TemporaryDirectory(prefix="flexgen-probe-", dir=directory) as tmp:
         big, small = Path(tmp) / "big.bin", Path(tmp) / "small.bin"
         data = torch.ones(num_bytes, dtype=torch.uint8)
-        write = _best(lambda: disk.write_file(big, data), 2, lambda: None)
-        read = _best(lambda: disk.read_file(big, num_bytes), 2, lambda: None)
-        disk.write_file(small, torch.ones(4096, dtype=torch.uint8))
-        latency = _best(lambda: disk.read_file(small, 4096), 10, lambda: None)
-    return num_bytes / read, num_bytes / write, latency
+        write = num_bytes / _best(lambda: disk.write_file(big, data), 2, lambda: None)
+        read = num_bytes / _best(lambda: disk.read_file(big, num_bytes), 2, lambda: None)
+        chunk = torch.ones(64 * 1024, dtype=torch.uint8)
+        writes = _samples(lambda: disk.write_file(small, chunk), 7)
+        reads = _samples(lambda: disk.read_file(small, 4096), 9)
+    return {"read": read, "write": write, "read_latency": statistics.median(reads),
+            "write_latency": max(statistics.median(writes) - chunk.numel() / write, 0.0)}
+
+
+def _samples(fn: Callable[[], object], count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        begin = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - begin)
+    return samples
 
 
 def matmul_flops(device: str, dtype: torch.dtype, tokens: int = 256, dim: int = 1024) -> float:
@@ -110,13 +123,13 @@ def measure_profile(device: str, offload_dir: str | Path | None = None) -> Hardw
     root = disk_root(offload_dir)
     if not os.access(root, os.W_OK):
         root = Path(tempfile.gettempdir())
-    disk_read, disk_write, latency = disk_rates(root)
+    rates = disk_rates(root)
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device == "cuda" else [])
     return HardwareProfile(
         device=device,
         free_bytes=free_bytes(device, offload_dir),
         bandwidth={
-            "disk->host": disk_read, "host->disk": disk_write,
+            "disk->host": rates["read"], "host->disk": rates["write"],
             "host->device": copy_bandwidth("cpu", device),
             "device->host": copy_bandwidth(device, "cpu"),
             "device->device": copy_bandwidth(device, device),
@@ -125,5 +138,6 @@ def measure_profile(device: str, offload_dir: str | Path | None = None) -> Hardw
                       for dtype in dtypes},
         cpu_attention_flops=cpu_attention_flops(),
         call_overhead_s=call_overhead(device),
-        disk_latency_s=latency,
+        disk_latency_s=rates["read_latency"],
+        disk_write_latency_s=rates["write_latency"],
     )

@@ -17,7 +17,8 @@ def fixed_profile(device: str = "cpu") -> HardwareProfile:
         matmul_flops={"float32": 77e9, "bfloat16": 200e9},
         cpu_attention_flops=20e9,
         call_overhead_s=1.5e-4,
-        disk_latency_s=5e-5,
+        disk_latency_s=1e-4,
+        disk_write_latency_s=5e-3,
         key="test",
     )
 
