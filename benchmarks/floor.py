@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 from benchmarks import CACHE_DIR
 from benchmarks.hardware import Hardware, measure_hardware
+from benchmarks.machine import cpu_model
 from benchmarks.modelinfo import BF16_BYTES, ModelShape
 
 HARDWARE_CACHE = CACHE_DIR / "hardware.json"
@@ -106,12 +108,14 @@ def compute_floor(
 
 
 def load_or_measure(device: str = "cpu", refresh: bool = False, quick: bool = False) -> Hardware:
-    """The hardware profile for `device`, measured once and cached in .cache/hardware.json."""
+    """The hardware profile for `device`, measured once per machine and cached in
+    .cache/hardware.json (keyed by device, CPU model and core count)."""
+    key = f"{device}|{cpu_model()}|{len(os.sched_getaffinity(0))}"
     cached = json.loads(HARDWARE_CACHE.read_text()) if HARDWARE_CACHE.exists() else {}
-    if device in cached and not refresh:
-        return Hardware(**cached[device])
+    if key in cached and not refresh:
+        return Hardware(**cached[key])
     hardware = measure_hardware(device, scratch_dir=CACHE_DIR, quick=quick)
-    cached[device] = asdict(hardware)
+    cached[key] = asdict(hardware)
     HARDWARE_CACHE.parent.mkdir(parents=True, exist_ok=True)
     HARDWARE_CACHE.write_text(json.dumps(cached, indent=2) + "\n")
     return hardware

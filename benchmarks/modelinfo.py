@@ -22,7 +22,7 @@ class ModelShape:
     weight_bytes: int  # every stored tensor, as stored
     matmul_params: int  # weights of the per-token matmuls in the decoder layers (+ projections)
     head_params: int  # the LM head matmul (the tied embedding when tied)
-    layer_bytes: int  # the largest decoder layer's tensors: what streaming one layer needs
+    layer_bytes: int  # the largest unit streamed at once: a decoder layer, or the LM head
 
     def kv_bytes_per_token(self, dtype_bytes: int = BF16_BYTES) -> int:
         """Keys and values of one token across all layers."""
@@ -56,7 +56,7 @@ class ModelShape:
             weight_bytes=sum(nbytes for _, nbytes in tensors.values()),
             matmul_params=matmul,
             head_params=_numel(tensors[head_name][0]),
-            layer_bytes=_largest_layer_bytes(tensors),
+            layer_bytes=max(_largest_layer_bytes(tensors), tensors[head_name][1]),
         )
 
 

@@ -94,7 +94,7 @@ WORKLOADS: dict[str, Workload] = {
     "2-quick": _offload("2-quick", "opt-350m", 32, 64, 8, (32,), "w25-disk75-16x2"),
     # opt-125m: HF prefills ~0.95M ids per run here (~10 min per run on 2 cores at 1.3B: hours)
     "3": _wrangling("3", "opt-125m", 2000, 400, 64, 8, (16, 32, 64)),
-    "3-quick": _wrangling("3-quick", "opt-125m", 200, 100, 16, 8, (32, 64)),
+    "3-quick": _wrangling("3-quick", "opt-125m", 96, 64, 16, 8, (32, 96)),
 }
 
 

@@ -92,6 +92,8 @@ def test_model_shape_from_headers_handles_tied_head_and_gqa() -> None:
     assert (shape.q_dim, shape.kv_dim) == (16, 8)
     assert shape.head_params == 160 and shape.matmul_params == 512
     assert shape.weight_bytes == 1376 and shape.layer_bytes == 1056
+    tensors["lm_head.weight"] = ([10, 16], 2000)  # an untied head bigger than a layer
+    assert ModelShape.from_parts(config, tensors).layer_bytes == 2000
     assert shape.kv_bytes_per_token() == 2 * 1 * 8 * 2
 
 
@@ -244,3 +246,11 @@ def test_tiny_checkpoint_builds_loads_and_matches_its_specs(tmp_path: Path) -> N
     again = build_checkpoint(config, tmp_path / "again", seed=1, shard_bytes=100_000)
     first = AutoModelForCausalLM.from_pretrained(again).state_dict()
     assert all(torch.equal(first[name], value) for name, value in model.state_dict().items())
+
+
+def test_gpu_variant_skips_cleanly_without_cuda(monkeypatch, capsys) -> None:
+    from benchmarks import run
+
+    monkeypatch.setattr(run, "_cuda_available", lambda: False)
+    assert run.main(["--device", "cuda", "--quick"]) == 0
+    assert "skipping the GPU variant" in capsys.readouterr().out
