@@ -27,6 +27,7 @@ from engine.policy.peaks import BlockShape
 from engine.policy.policy import TIERS
 
 WHATS = ("weights", "cache", "activations")
+TIE_BREAK = 1e-3  # weight of hidden I/O seconds in the objective
 PHASES = ("prefill", "decode")
 
 
@@ -131,7 +132,10 @@ def _time(prob: pulp.LpProblem, groups: list[tuple[int, dict[str, dict[str, Laye
                         prob += pace >= link
                 else:
                     prob += pace >= compute + pulp.lpSum(links)
-                total.append(count * tokens * cost.count * pace)
+                weight = count * tokens * cost.count
+                total.append(weight * pace)
+                # among placements equally fast, prefer the one that moves the fewest bytes
+                total += [TIE_BREAK * weight * link for link in links]
     return pulp.lpSum(total)
 
 
