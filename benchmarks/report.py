@@ -118,6 +118,8 @@ def render_workload(result: dict) -> str:
         "",
     ]
     parts.append(f"- outputs: {agreement_line(result['summary'])}")
+    if "wall_s" in result:
+        parts.append(f"- workload wall time: {result['wall_s'] / 60:.1f} min")
     parts += [f"- sweep {label}: {text}" for label, text in sweep_lines(result["runs"]).items()]
     parts += [f"- warning: {text}" for text in result.get("warnings", [])]
     return "\n".join(parts)

@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -170,6 +171,7 @@ def workload_shape(ctx: Context) -> WorkloadShape:
 
 
 def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> dict:
+    start = time.monotonic()
     floor = compute_floor(ctx.shape, workload_shape(ctx), hardware, ctx.memory.fast_budget)
     work = ctx.workload
     runs: list[dict] = []
@@ -183,6 +185,7 @@ def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> di
         "workload": asdict(work), "model_dir": str(ctx.model_dir),
         "weight_bytes": ctx.shape.weight_bytes, "memory": asdict(ctx.memory),
         "floor": floor.as_dict(), "runs": runs, "warnings": warnings,
+        "wall_s": time.monotonic() - start,
         "summary": add_peer_ratios(summarize(runs, floor.seconds)),
     }
 

@@ -63,7 +63,7 @@ class Workload:
 def _in_ram(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
             batches: tuple[int, ...], hand: str) -> Workload:
     systems = (SystemSpec("hf", sweep=True), SystemSpec("ours", "auto"), SystemSpec("ours", hand))
-    return Workload(key, f"fits in RAM ({model})", model, rows, prompt_len, gen_len, systems,
+    return Workload(key, "fits in RAM", model, rows, prompt_len, gen_len, systems,
                     peer_batches=batches, kv_rows=max(batches))
 
 
@@ -71,7 +71,7 @@ def _offload(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
              batches: tuple[int, ...], hand: str) -> Workload:
     systems = (SystemSpec("accelerate_offload", sweep=True), SystemSpec("ours", "auto"),
                SystemSpec("ours", hand))
-    return Workload(key, f"offload, 25% of weights in memory ({model})", model, rows,
+    return Workload(key, "offload, 25% of weights in memory", model, rows,
                     prompt_len, gen_len, systems, peer_batches=batches, weight_budget_frac=0.25,
                     kv_rows=max(batches), capped=True)
 
@@ -80,7 +80,7 @@ def _wrangling(key: str, model: str, rows: int, prefix_len: int, median_row: int
                gen_len: int, batches: tuple[int, ...]) -> Workload:
     systems = (SystemSpec("hf", sweep=True), SystemSpec("ours", "auto"),
                SystemSpec("ours", "auto", share_prefix=True))
-    return Workload(key, f"wrangling, long-tailed rows behind a shared prefix ({model})", model,
+    return Workload(key, "wrangling, long-tailed rows behind a shared prefix", model,
                     rows, prefix_len + median_row, gen_len, systems, peer_batches=batches,
                     kv_rows=max(batches), prompts="wrangling", prefix_len=prefix_len)
 
