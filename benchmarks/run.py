@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def ours_memory(ctx: Context) -> dict[str, int] | None:
     return {"device": device, "host": host, "disk": 100 * 1024**3}
 
 
-def runner_command(ctx: Context, system: SystemSpec, batch: int | None) -> list[str]:
+def runner_command(ctx: Context, system: SystemSpec, batch: int | None,
+                   offload_dir: Path = OFFLOAD_PARENT) -> list[str]:
     work = ctx.workload
     cmd = [sys.executable, "-m", f"benchmarks.runners.{system.runner}",
            "--model", str(ctx.model_dir), "--rows", str(work.rows),
@@ -87,11 +89,11 @@ def runner_command(ctx: Context, system: SystemSpec, batch: int | None) -> list[
         cmd += ["--batch", str(batch)]
     if system.runner == "accelerate_offload":
         budget = ctx.memory.weight_budget or ctx.shape.weight_bytes
-        cmd += ["--budget", str(budget), "--offload-dir", str(OFFLOAD_PARENT)]
+        cmd += ["--budget", str(budget), "--offload-dir", str(offload_dir)]
         if ctx.device == "cuda":
             cmd += ["--host-budget", str(ctx.shape.weight_bytes)]
     if system.runner == "ours":
-        cmd += ["--policy", system.policy or "auto", "--offload-dir", str(OFFLOAD_PARENT)]
+        cmd += ["--policy", system.policy or "auto", "--offload-dir", str(offload_dir)]
         if system.share_prefix:
             cmd.append("--share-prefix")
         memory = ours_memory(ctx)
@@ -102,17 +104,22 @@ def runner_command(ctx: Context, system: SystemSpec, batch: int | None) -> list[
 
 def run_once(ctx: Context, system: SystemSpec, batch: int | None, phase: str,
              index: int) -> dict:
-    """One process: evict caches, start inside the cap, wait, parse the last JSON line."""
-    cmd = runner_command(ctx, system, batch)
+    """One process: evict caches, start inside the cap, wait, parse the last JSON line.
+    Its offload folder is removed afterwards, also when the run was killed."""
     run_id = f"{system.label.replace(':', '-')}-{phase}-{batch or 'na'}-{index}"
-    OFFLOAD_PARENT.mkdir(parents=True, exist_ok=True)
-    evicted = evict_page_cache([ctx.model_dir, OFFLOAD_PARENT])
+    offload_dir = OFFLOAD_PARENT / f"{ctx.raw_dir.name}-{run_id}"
+    offload_dir.mkdir(parents=True, exist_ok=True)
+    cmd = runner_command(ctx, system, batch, offload_dir)
+    evicted = evict_page_cache([ctx.model_dir])
     stdout_path, stderr_path = ctx.raw_dir / f"{run_id}.out", ctx.raw_dir / f"{run_id}.err"
-    with memory_cap(ctx.memory.cap_bytes, run_id) as cap, stdout_path.open("w") as out, \
-            stderr_path.open("w") as err:
-        rc = _wait(subprocess.Popen(cmd, stdout=out, stderr=err, preexec_fn=cap.preexec(),
-                                    start_new_session=True, cwd=BENCH_DIR.parent), ctx.timeout_s)
-        usage = cap.usage()
+    try:
+        with memory_cap(ctx.memory.cap_bytes, run_id) as cap, stdout_path.open("w") as out, \
+                stderr_path.open("w") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, preexec_fn=cap.preexec(),
+                                    start_new_session=True, cwd=BENCH_DIR.parent)
+            rc, usage = _wait(proc, ctx.timeout_s), cap.usage()
+    finally:
+        shutil.rmtree(offload_dir, ignore_errors=True)
     result = _parse_result(stdout_path.read_text(), rc, stderr_path.read_text(), usage)
     result.update(label=system.label, runner=system.runner, phase=phase, batch=batch,
                   command=shlex.join(cmd), cap=usage, evicted_bytes=evicted, rc=rc)
