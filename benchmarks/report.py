@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 PEER_RUNNERS = ("hf", "accelerate_offload")
+PEER_LABELS = ("pipeline:plain",)  # workload 3's baseline: the engine in plain FlexGen mode
 SECTION_BEGIN = "<!-- BEGIN benchmarks.run: generated, do not edit by hand -->"
 SECTION_END = "<!-- END benchmarks.run -->"
 
@@ -50,10 +51,13 @@ def _summary_row(label: str, runs: list[dict], floor_s: float | None) -> dict:
     return row
 
 
+def is_peer(row: dict) -> bool:
+    return (row["runner"] in PEER_RUNNERS or row["label"] in PEER_LABELS) and "tok_per_s" in row
+
+
 def add_peer_ratios(rows: list[dict]) -> list[dict]:
     """row["vs"][peer label] = row tok/s / peer tok/s, for every peer with a median."""
-    peers = {row["label"]: row["tok_per_s"] for row in rows
-             if row["runner"] in PEER_RUNNERS and "tok_per_s" in row}
+    peers = {row["label"]: row["tok_per_s"] for row in rows if is_peer(row)}
     for row in rows:
         if "tok_per_s" in row:
             row["vs"] = {peer: row["tok_per_s"] / rate for peer, rate in peers.items()}
@@ -80,7 +84,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def render_table(rows: list[dict]) -> str:
-    peers = [row["label"] for row in rows if row["runner"] in PEER_RUNNERS and "tok_per_s" in row]
+    peers = [row["label"] for row in rows if is_peer(row)]
     header = ["system", "batch", "runs", "tok/s (median, min-max)", "rows/s", "e2e tok/s",
               "peak RSS", "disk read", "x floor", *[f"vs {peer}" for peer in peers]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

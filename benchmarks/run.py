@@ -36,7 +36,6 @@ from benchmarks.report import add_peer_ratios, best_batch, refresh_section, rend
 from benchmarks.runners.common import make_prompts
 from benchmarks.workloads import (
     ACTIVATION_ALLOWANCE,
-    WRANGLING_TODO,
     MemoryPlan,
     SystemSpec,
     Workload,
@@ -92,10 +91,12 @@ def runner_command(ctx: Context, system: SystemSpec, batch: int | None,
         cmd += ["--budget", str(budget), "--offload-dir", str(offload_dir)]
         if ctx.device == "cuda":
             cmd += ["--host-budget", str(ctx.shape.weight_bytes)]
-    if system.runner == "ours":
+    if system.runner in ("ours", "pipeline"):
         cmd += ["--policy", system.policy or "auto", "--offload-dir", str(offload_dir)]
         if system.share_prefix:
             cmd.append("--share-prefix")
+        if system.mode:
+            cmd += ["--mode", system.mode]
         memory = ours_memory(ctx)
         if memory is not None:
             cmd += ["--memory", json.dumps(memory)]
@@ -236,8 +237,6 @@ def main(argv: list[str] | None = None) -> int:
         print("skipping the GPU variant: torch.cuda.is_available() is False")
         return 0
     numbers = args.workload or ["1", "2"]
-    if "3" in numbers:
-        log(f"workload 3 TODO: {WRANGLING_TODO}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     raw_dir = args.results_dir / "raw" / stamp
     raw_dir.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,11 @@
 1  fits in RAM: 256 prompts x 128 ids -> 32 new. Peers: HF generate (best batch of a sweep).
 2  offload: the same under a memory budget of 25% of the weights' bytes (weights mostly on
    disk), inside a memory cap. Peers: HF Accelerate offload (best batch of a sweep).
-3  wrangling: 2,000 long-tailed rows behind a 400-id shared prefix -> 8 new. Peers: HF
-   generate (left-padded batches, best of a sweep); ours in plain FlexGen mode (full prompts)
-   and with the shared prefix run once. TODO: `WRANGLING_TODO`.
+3  wrangling: 2,000 long-tailed rows behind a 400-id shared prefix -> 8 new. The headline is
+   the `flexgen_wrangle` column pipeline (text in: dedup, length-sorted blocks, the shared
+   prefix run once) against the same engine in plain FlexGen mode (full prompts in table
+   order); also HF generate (left-padded batches, best of a sweep) and the engine alone on
+   ids, with and without `prefix=`.
 """
 
 from __future__ import annotations
@@ -20,13 +22,6 @@ MiB, GiB = 1024**2, 1024**3
 IMPORT_OVERHEAD = 768 * MiB
 ACTIVATION_ALLOWANCE = 256 * MiB
 
-WRANGLING_TODO = (
-    "workload 3 runs token ids through Engine.generate (plain, and with prefix=); still to add: "
-    "a runner for the flexgen_wrangle column pipeline (text in, tokenizer, dedup, length "
-    "buckets) on a real tokenizer's ids, and a floor over the exact length distribution"
-)
-
-
 @dataclass(frozen=True)
 class SystemSpec:
     """One line of the table: a runner module and how it is configured."""
@@ -35,9 +30,12 @@ class SystemSpec:
     policy: str | None = None  # ours only: auto / a hand policy name
     sweep: bool = False  # peers: run every batch size of the sweep, keep the best
     share_prefix: bool = False  # ours only: the workload's shared prefix as Engine's prefix=
+    mode: str | None = None  # pipeline only: "pipeline" (wrangling path) or "plain" (FlexGen)
 
     @property
     def label(self) -> str:
+        if self.mode:
+            return f"{self.runner}:{self.mode}"
         label = f"{self.runner}:{self.policy}" if self.policy else self.runner
         return label + "+prefix" if self.share_prefix else label
 
@@ -78,8 +76,9 @@ def _offload(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
 
 def _wrangling(key: str, model: str, rows: int, prefix_len: int, median_row: int,
                gen_len: int, batches: tuple[int, ...]) -> Workload:
-    systems = (SystemSpec("hf", sweep=True), SystemSpec("ours", "auto"),
-               SystemSpec("ours", "auto", share_prefix=True))
+    systems = (SystemSpec("pipeline", mode="plain"), SystemSpec("pipeline", mode="pipeline"),
+               SystemSpec("ours", "auto"), SystemSpec("ours", "auto", share_prefix=True),
+               SystemSpec("hf", sweep=True))
     return Workload(key, "wrangling, long-tailed rows behind a shared prefix", model,
                     rows, prefix_len + median_row, gen_len, systems, peer_batches=batches,
                     kv_rows=max(batches), prompts="wrangling", prefix_len=prefix_len)
