@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.batch import GpuBatch
+from engine.batch import GpuBatch, cut_batches
 from engine.checkpoint import CheckpointReader
 from engine.config import ModelConfig
 from engine.consumers import PrefixCapture, Sampler, Scorer
@@ -161,13 +161,11 @@ class Engine:
         self, rows: list[int], prompts: list[list[int]], consumer: Consumer,
         prefix_cache: dict[int, Placed], prefix_len: int, keep_caches: bool = False,
     ) -> list[GpuBatch]:
-        batch_size = self.policy.gpu_batch_size
+        lengths = [len(prompts[row]) for row in rows]
         batches = [
-            GpuBatch.from_prompts(
-                rows[at : at + batch_size], [prompts[row] for row in rows[at : at + batch_size]],
-                consumer.extra_cols(), prefix_len,
-            )
-            for at in range(0, len(rows), batch_size)
+            GpuBatch.from_prompts(part, [prompts[row] for row in part], consumer.extra_cols(),
+                                  prefix_len)
+            for part in cut_batches(rows, lengths, self.policy.gpu_batch_size)
         ]
         runner = BlockRunner(self.config, self._layers, self._weights, self.policy, self._tiers,
                              self.dtype, batches, consumer, prefix_cache)

@@ -6,6 +6,8 @@ C hidden size, E embedding width (OPT's word_embed_proj_dim), V vocabulary.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +15,14 @@ from engine.config import ModelConfig
 from engine.model.step import StepInputs
 
 Weights = dict[str, torch.Tensor]
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "gelu_new": F.gelu}
+# In place where torch allows it: the input is always a fresh projection output, and a second
+# buffer of [B, T, intermediate] costs page faults on every call (large blocks bypass the heap).
+_ACTIVATIONS = {
+    "relu": F.relu_,
+    "silu": partial(F.silu, inplace=True),
+    "gelu": F.gelu,
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+}
 
 
 def linear(w: Weights, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +91,7 @@ def mlp(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> torch.Tensor:
     act = _ACTIVATIONS[cfg.activation]
     if cfg.family == "opt":
         return linear(w, "fc2", act(linear(w, "fc1", x)))
-    return linear(w, "down_proj", act(linear(w, "gate_proj", x)) * linear(w, "up_proj", x))
+    return linear(w, "down_proj", act(linear(w, "gate_proj", x)).mul_(linear(w, "up_proj", x)))
 
 
 def decoder(
@@ -90,11 +99,11 @@ def decoder(
     step: StepInputs,
 ) -> torch.Tensor:
     """One decoder layer: x [B, T, C] -> [B, T, C]; pre-norm or OPT-350m's post-norm."""
-    if cfg.pre_norm:
-        x = x + attention(cfg, w, norm(cfg, w, "attn_norm", x), kv, step)
-        return x + mlp(cfg, w, norm(cfg, w, "mlp_norm", x))
-    x = norm(cfg, w, "attn_norm", x + attention(cfg, w, x, kv, step))
-    return norm(cfg, w, "mlp_norm", x + mlp(cfg, w, x))
+    if cfg.pre_norm:  # residual sums in place on the fresh branch outputs (a + x == x + a)
+        x = attention(cfg, w, norm(cfg, w, "attn_norm", x), kv, step).add_(x)
+        return mlp(cfg, w, norm(cfg, w, "mlp_norm", x)).add_(x)
+    x = norm(cfg, w, "attn_norm", attention(cfg, w, x, kv, step).add_(x))
+    return norm(cfg, w, "mlp_norm", mlp(cfg, w, x).add_(x))
 
 
 def head(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> torch.Tensor:

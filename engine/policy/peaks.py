@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import torch
 
+from engine.batch import cut_batches
 from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.model.workspace import workspace_bytes
@@ -56,12 +57,12 @@ class BlockShape:
     def first_block(
         cls, lengths: Sequence[int], policy: Policy, gen_len: int, prefix_len: int = 0
     ) -> BlockShape:
-        """The first (largest, longest) block of prompts `lengths` sorted longest first."""
-        block = list(lengths[: policy.block_size])
-        size = policy.gpu_batch_size
-        chunks = [block[at : at + size] for at in range(0, len(block), size)]
-        return cls(tuple(len(c) for c in chunks), tuple(int(max(c)) for c in chunks), gen_len,
-                   prefix_len)
+        """The first (largest, longest) block of prompts `lengths` sorted longest first, cut
+        into GPU batches as the engine cuts it (`engine.batch.cut_batches`)."""
+        block = [int(length) for length in lengths[: policy.block_size]]
+        parts = cut_batches(list(range(len(block))), block, policy.gpu_batch_size)
+        return cls(tuple(len(part) for part in parts), tuple(block[part[0]] for part in parts),
+                   gen_len, prefix_len)
 
     def capacity(self, batch_idx: int) -> int:
         return self.prefix_len + self.widths[batch_idx] + self.gen_len
