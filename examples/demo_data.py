@@ -20,7 +20,8 @@ from examples import demo_vocab as vocab
 
 SENTIMENT_LABELS = ("positive", "negative", "neutral")
 CATEGORY_LABELS = ("billing", "technical", "shipping", "account")
-INVOICE_SCHEMA = {"vendor": "string", "total": "float", "date": "date", "currency": "string"}
+# The amount's currency right after it: the model reads both from the same place in the text.
+INVOICE_SCHEMA = {"vendor": "string", "total": "float", "currency": "string", "date": "date"}
 KINDS = ("review", "ticket", "invoice")
 COLUMNS = ("id", "kind", "text", "label", "vendor", "total", "date", "currency")
 TABLE_SEED = 1  # seed B: the bundled demo table; training uses other seeds
@@ -96,8 +97,15 @@ def _ticket(rng: random.Random) -> tuple[str, str]:
 # -- invoices ------------------------------------------------------------------------------
 
 
+def _invented_name(rng: random.Random) -> str:
+    syllables = rng.choices(vocab.NAME_SYLLABLES, k=rng.choice((2, 2, 3)))
+    return "".join(syllables).capitalize()
+
+
 def _vendor(rng: random.Random) -> str:
-    parts = [rng.choice(vocab.VENDOR_HEADS)]
+    """A known head (`Acme`) or an invented one (`Korvin`), then maybe a trade and a suffix."""
+    head = rng.choice(vocab.VENDOR_HEADS) if rng.random() < 0.4 else _invented_name(rng)
+    parts = [head]
     if rng.random() < 0.5:
         parts.append(rng.choice(vocab.VENDOR_TRADES))
     suffix = rng.choice(vocab.VENDOR_SUFFIXES)
@@ -190,9 +198,12 @@ def make_table(n_rows: int = 3000, seed: int = TABLE_SEED) -> Any:
 
 
 def answer_json(row: Record, fields: list[str] | None = None) -> str:
-    """The extract target: compact JSON with keys in schema order."""
+    """The extract target: compact JSON with keys in schema order. The total keeps two
+    decimals (`230.30`, as invoices write it), so its digits are the text's minus commas."""
     keys = fields or list(INVOICE_SCHEMA)
-    return json.dumps({key: row[key] for key in keys}, separators=(",", ":"))
+    values = [f"{row[key]:.2f}" if key == "total" else json.dumps(row[key]) for key in keys]
+    pairs = [f"{json.dumps(key)}:{value}" for key, value in zip(keys, values, strict=True)]
+    return "{" + ",".join(pairs) + "}"
 
 
 def schema_text(fields: list[str] | None = None) -> str:

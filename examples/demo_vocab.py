@@ -167,6 +167,13 @@ VENDOR_HEADS = (
     "Meridian", "Nova", "Oakridge", "Polar", "Redwood", "Sapphire", "Titan", "Unity", "Vista",
     "Hartmann", "Okafor", "Nakamura", "Silva", "Kowalski", "Dubois", "Larsen", "Moreau",
 )
+# Invented vendor names (two or three syllables): too many to memorise, so the model learns
+# to copy the vendor from the text rather than to recall a list of known names.
+NAME_SYLLABLES = (
+    "ka", "ro", "vin", "tel", "mar", "zo", "bel", "dra", "quin", "lo", "nex", "ta", "sor",
+    "vi", "len", "pa", "dor", "gru", "mi", "fen", "ha", "kel", "ox", "ri", "bo", "san",
+    "tu", "wen", "ly", "cor", "ap", "zen", "du", "mo", "rak", "ji", "el", "nor", "ve", "st",
+)
 VENDOR_TRADES = (
     "Office", "Foods", "Tech", "Print", "Logistics", "Paper", "Cloud", "Coffee", "Garden",
     "Auto", "Medical", "Hardware", "Design", "Media", "Energy", "Water", "Travel", "Legal",

@@ -23,7 +23,7 @@ work, rows = sys.argv[1], int(sys.argv[2])
 table = pd.read_parquet("examples/demo_table.parquet")
 invoices = table[table["kind"] == "invoice"].head(rows)[["id", "text"]]
 invoices.to_parquet(f"{work}/invoices.parquet", index=False)
-schema = {"vendor": "string", "total": "float", "date": "date", "currency": "string"}
+schema = {"vendor": "string", "total": "float", "currency": "string", "date": "date"}
 with open(f"{work}/schema.json", "w") as handle:
     json.dump(schema, handle)
 PYTHON

@@ -19,7 +19,7 @@ import pandas as pd
 import flexgen_wrangle as fw
 
 DEMO_TABLE = Path(__file__).resolve().parent / "demo_table.parquet"
-SCHEMA = {"vendor": "string", "total": "float", "date": "date", "currency": "string"}
+SCHEMA = {"vendor": "string", "total": "float", "currency": "string", "date": "date"}
 
 
 def parse_memory(text: str | None) -> dict[str, str] | None:

@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # Shared cores: OpenMP threads that spin in barriers while another process holds the core
@@ -40,6 +40,7 @@ from examples import demo_data
 from examples.demo_tasks import (
     Example,
     classify_example,
+    copy_example,
     evaluate,
     extract_example,
 )
@@ -52,13 +53,25 @@ IGNORE = -100  # label id the loss skips
 SAVE_SECONDS = 20.0  # kept back from the --minutes budget for saving the checkpoint
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+# Pre-tokenizer pieces: GPT-2's (a word carries its leading space), with these changes:
+# - a JSON key with its colon and quotes is one piece (`"vendor":"`, `,"total":`), so the
+#   position where a value starts says which field it is, by itself;
+# - a space before a capital joins the piece before it (`from `, `: `), so a name is the same
+#   tokens in running text and after `"vendor":"`, and the token before it says what it is;
+# - digits and newlines are single pieces (numbers copy digit by digit; a prompt tokenizes the
+#   same whole or split at a line break, for shared-prefix caching); quotes stand alone.
+PIECES = (
+    r',?"\w+":"?|\n|\p{N}(?: (?=\p{Lu}))?| ?\p{L}+(?: (?=\p{Lu}))?'
+    r'| ?[^\s\p{L}\p{N}"]+(?: (?=\p{Lu}))?|"|[^\S\n]+'
+)
+
 
 # -- corpus --------------------------------------------------------------------------------
 
 
 def build_examples(n_records: int, seed: int, exclude: set[str],
-                   weights: Sequence[float] = (0.25, 0.25, 0.5),
-                   plain_share: float = 0.15) -> list[Example]:
+                   weights: Sequence[float] = (0.1, 0.1, 0.8),
+                   plain_share: float = 0.05, copy_share: float = 0.3) -> list[Example]:
     """Task examples (classify / extract) plus some plain documents, shuffled. `weights`
     are the shares of review / ticket / invoice rows; extraction is the harder task."""
     rng = random.Random(seed)
@@ -70,6 +83,9 @@ def build_examples(n_records: int, seed: int, exclude: set[str],
     for row in rows:
         if row["kind"] == "invoice":
             examples.append(extract_example(rng, row, pools["invoice"]))
+            if rng.random() < copy_share:
+                examples.append(copy_example(row))
+
         else:
             examples.append(classify_example(rng, row, pools[row["kind"]]))
         if rng.random() < plain_share:
@@ -82,16 +98,12 @@ def build_examples(n_records: int, seed: int, exclude: set[str],
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE. Newlines and digits are single pre-tokens: numbers copy digit by digit,
-    and a prompt tokenizes the same whole or split at a line break (prefix sharing). A space
-    before a capital is its own token, so `from Acme` and `"vendor":"Acme"` share `Acme`."""
+    """Byte-level BPE over the pieces of `PIECES` (see there)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split("\n", behavior="isolated"),
-            pre_tokenizers.Split(Regex(" (?=[A-Z])"), behavior="isolated"),
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
+            pre_tokenizers.Split(Regex(PIECES), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
     tok.decoder = decoders.ByteLevel()
@@ -114,20 +126,24 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
 
 def encode(tokenizer: PreTrainedTokenizerFast, examples: Sequence[Example],
            max_len: int) -> list[Batch]:
-    """(ids, labels) per example: BOS + segments + EOS; scored segments and EOS keep their
-    ids as labels, the rest are IGNORE. Segments split at pre-token boundaries, so this is
-    the same tokenization as of the joined text."""
-    flat = [text for example in examples for text, _ in example]
-    flat_ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"])
+    """(ids, labels) per example: BOS + the joined text + EOS. A token whose first character
+    lies in a scored segment keeps its id as label (so does EOS); the rest are IGNORE."""
+    texts = ["".join(text for text, _ in example) for example in examples]
+    encoded_texts = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     encoded = []
-    for example in examples:
-        ids, labels = [bos], [IGNORE]
-        for _, scored in example:
-            segment_ids = next(flat_ids)
-            ids += segment_ids
-            labels += segment_ids if scored else [IGNORE] * len(segment_ids)
-        ids.append(eos)
+    for example, token_ids, offsets in zip(examples, encoded_texts["input_ids"],
+                                           encoded_texts["offset_mapping"], strict=True):
+        scored_chars = []  # (begin, end) character spans of scored segments
+        at = 0
+        for text, scored in example:
+            if scored:
+                scored_chars.append((at, at + len(text)))
+            at += len(text)
+        ids, labels = [bos, *token_ids, eos], [IGNORE]
+        for token_id, (begin, _) in zip(token_ids, offsets, strict=True):
+            hit = any(lo <= begin < hi for lo, hi in scored_chars)
+            labels.append(token_id if hit else IGNORE)
         labels.append(eos)
         encoded.append((torch.tensor(ids[-max_len:]), torch.tensor(labels[-max_len:])))
     return encoded
@@ -182,11 +198,13 @@ def make_model(vocab_size: int, args: argparse.Namespace) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def learning_rate(progress: float, peak: float, warmup: float = 0.03) -> float:
-    """Linear warmup, cosine decay to 10% of the peak; `progress` runs from 0 to 1."""
+def learning_rate(progress: float, peak: float, warmup: float = 0.03, decay: float = 0.3) -> float:
+    """Linear warmup, the peak held (the copy circuits extraction needs form late), then a
+    cosine decay to 10% of the peak over the last `decay` of the run; `progress`: 0 to 1."""
     if progress < warmup:
         return peak * progress / warmup
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+    tail = max(0.0, (progress - (1 - decay)) / decay)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, tail)))
     return peak * (0.1 + 0.9 * cosine)
 
 
@@ -200,7 +218,7 @@ def scored_loss(model: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor
 
 
 def train(model: LlamaForCausalLM, batches: Sequence[Batch], args: argparse.Namespace,
-          deadline: float) -> int:
+          deadline: float, probe: Callable[[], dict[str, float]] | None = None) -> int:
     """Runs `args.steps` steps, or fewer if the clock reaches `deadline` (a `time.time()`)
     first; the schedule follows whichever is further along. Returns the steps taken."""
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95),
@@ -225,6 +243,10 @@ def train(model: LlamaForCausalLM, batches: Sequence[Batch], args: argparse.Name
         if step % 50 == 0:
             log.info("step %d loss %.4f lr %.2e %.0fs", step, loss.item(),
                      opt.param_groups[0]["lr"], time.time() - start)
+        if probe is not None and args.probe_every and step % args.probe_every == 0:
+            model.eval()
+            log.info("step %d held-out probe: %s", step, probe())
+            model.train()
     return step
 
 
@@ -251,10 +273,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("examples/demo_model"))
     parser.add_argument("--table", type=Path, default=Path("examples/demo_table.parquet"))
     parser.add_argument("--minutes", type=float, default=18.0, help="wall-clock cap, whole run")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2300)
     parser.add_argument("--records", type=int, default=60000)
     parser.add_argument("--tokens-per-batch", type=int, default=3072)
-    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--vocab", type=int, default=3000)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--intermediate", type=int, default=688)
@@ -264,6 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-rows", type=int, default=400, help="held-out rows per task")
+    parser.add_argument("--probe-every", type=int, default=0,
+                        help="steps between quick held-out extract checks (0: none)")
     return parser.parse_args(argv)
 
 
@@ -284,7 +308,9 @@ def main(argv: list[str] | None = None) -> None:
              len(batches), time.time() - began)
     model = make_model(len(tokenizer), args)
     log.info("%.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
-    steps = train(model, batches, args, deadline=began + args.minutes * 60 - SAVE_SECONDS)
+    probe_rows = held_out_rows(table, 0, 50)
+    steps = train(model, batches, args, deadline=began + args.minutes * 60 - SAVE_SECONDS,
+                  probe=lambda: evaluate(model, tokenizer, probe_rows))
     save(model, tokenizer, args.out)
     log.info("trained %d steps; total wall time %.1f min", steps, (time.time() - began) / 60)
     reloaded = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()

@@ -89,7 +89,5 @@ def test_held_out_classify_accuracy(held_out_scores) -> None:
     assert held_out_scores["classify_accuracy"] >= 0.95, held_out_scores
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped demo model has not learned to copy invoice "
-                   "fields yet (issue 5 stays open); strict: passing means the bar is met")
 def test_held_out_extract_accuracy(held_out_scores) -> None:
     assert held_out_scores["extract_exact"] >= 0.90, held_out_scores
