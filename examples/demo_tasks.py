@@ -131,23 +131,25 @@ def greedy_complete(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_
     return outputs
 
 
+def value_hits(values: dict, row: Record) -> dict[str, bool]:
+    """Per schema field: do the extracted `values` (JSON-parsed, or typed from Arrow: a date
+    is a `datetime.date`) hold the row's known value? Totals match to the cent."""
+    total = values.get("total")
+    hits = {key: values.get(key) is not None and str(values[key]) == row[key]
+            for key in INVOICE_SCHEMA}
+    hits["total"] = isinstance(total, (int, float)) and abs(total - row["total"]) < 0.005
+    return hits
+
+
 def field_hits(answer: str, row: Record) -> dict[str, bool]:
-    """Per schema field: does the parsed answer hold the row's known value?"""
+    """`value_hits` of a generated JSON answer (all False when it does not parse)."""
     try:
         parsed = json.loads(answer)
     except json.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
         return dict.fromkeys(INVOICE_SCHEMA, False)
-    total = parsed.get("total")
-    hits = {key: parsed.get(key) == row[key] for key in INVOICE_SCHEMA}
-    hits["total"] = isinstance(total, (int, float)) and abs(total - row["total"]) < 0.005
-    return hits
-
-
-def fields_match(answer: str, row: Record) -> bool:
-    """Every schema field of the parsed answer equals the row's known value."""
-    return all(field_hits(answer, row).values())
+    return value_hits(parsed, row)
 
 
 def evaluate(model: Any, tokenizer: Any, rows: Sequence[Record]) -> dict[str, float]:

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # `examples` is a top-level folder, not an instal
 
 from engine import Placement, Policy  # noqa: E402
 from examples import demo_data  # noqa: E402
-from examples.demo_tasks import extract_prompt, greedy_complete  # noqa: E402
+from examples.demo_tasks import extract_prompt, greedy_complete, value_hits  # noqa: E402
 from flexgen_wrangle import LLM  # noqa: E402
 
 MODEL_DIR = ROOT / "examples" / "demo_model"
@@ -40,13 +40,6 @@ def held_out() -> dict[str, list[dict]]:
                                 ("invoice", ROWS_PER_TASK))}
 
 
-def extract_hits(predicted: dict, row: dict) -> bool:
-    total = predicted["total"]
-    return (predicted["vendor"] == row["vendor"] and total is not None
-            and abs(total - row["total"]) < 0.005 and str(predicted["date"]) == row["date"]
-            and predicted["currency"] == row["currency"])
-
-
 def accuracy(llm: LLM, held_out: dict[str, list[dict]]) -> dict[str, float]:
     hits = 0
     for kind, labels in (("review", demo_data.SENTIMENT_LABELS),
@@ -56,7 +49,7 @@ def accuracy(llm: LLM, held_out: dict[str, list[dict]]) -> dict[str, float]:
         hits += sum(got["label"] == row["label"] for got, row in zip(out, rows, strict=True))
     invoices = held_out["invoice"]
     out = llm.extract([row["text"] for row in invoices], demo_data.INVOICE_SCHEMA).to_pylist()
-    exact = sum(got is not None and extract_hits(got, row)
+    exact = sum(got is not None and all(value_hits(got, row).values())
                 for got, row in zip(out, invoices, strict=True))
     return {"classify": hits / ROWS_PER_TASK, "extract": exact / ROWS_PER_TASK}
 
