@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     raw_dir = args.results_dir / "raw" / stamp
     raw_dir.mkdir(parents=True, exist_ok=True)
     hardware = load_or_measure(args.device, refresh=args.remeasure, quick=args.quick)
+    if args.remeasure:
+        refresh_engine_profile(args.device)
     only = args.systems.split(",") if args.systems else None
     workloads = [run_workload(make_context(args, n, raw_dir), hardware, only) for n in numbers]
     results = {"meta": _meta(stamp), "hardware": asdict(hardware), "workloads": workloads}
@@ -253,6 +255,19 @@ def main(argv: list[str] | None = None) -> int:
         refresh_section(args.report, markdown)
         log(f"refreshed the generated section of {args.report}")
     return 0
+
+
+def refresh_engine_profile(device: str) -> None:
+    """Re-measure the engine's own hardware profile (what its planner reads) with the harness's
+    rates, so that `ours:auto` plans with the machine's speed now, not the cached one."""
+    import torch
+
+    from engine.policy import load_profile
+
+    OFFLOAD_PARENT.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(device, OFFLOAD_PARENT, refresh=True)
+    log(f"engine profile re-measured: bf16 {profile.flops(torch.bfloat16) / 1e12:.2f} TFLOP/s, "
+        f"disk->host {profile.bandwidth['disk->host'] / 1e9:.2f} GB/s")
 
 
 def _meta(stamp: str) -> dict:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -115,14 +116,25 @@ def chosen_policy(engine: Any) -> Any:
     return None
 
 
-def load_engine(args: argparse.Namespace, offload_dir: Path, memory: dict | None) -> Any:
+def load_engine(args: argparse.Namespace, prompts: list[list[int]], offload_dir: Path,
+                memory: dict | None) -> Any:
+    """`auto` is planned for this very workload (rows, prompt lengths, new tokens, shared
+    prefix), as `fw.LLM` plans a column; the engine's own "auto" plans a nominal one."""
     import torch
 
-    from engine import Engine
+    from engine import Engine, Workload, plan
 
+    policy = build_policy(policy_spec(args.policy))
+    if policy == "auto":
+        prefix = args.prefix_len if args.share_prefix else 0
+        lengths = Counter(len(prompt) - prefix for prompt in prompts)
+        workload = Workload(rows=len(prompts), prompt_len=dict(lengths), gen_len=args.gen_len,
+                            shared_prefix=prefix)
+        policy = plan(args.model, workload, memory=memory, device=args.device,
+                      dtype=torch.bfloat16, offload_dir=offload_dir).policy
     return Engine.from_pretrained(
-        str(args.model), policy=build_policy(policy_spec(args.policy)), device=args.device,
-        dtype=torch.bfloat16, offload_dir=str(offload_dir), memory=memory,
+        str(args.model), policy=policy, device=args.device, dtype=torch.bfloat16,
+        offload_dir=str(offload_dir), memory=memory,
     )
 
 
@@ -160,7 +172,7 @@ def run(args: argparse.Namespace) -> dict:
     meter = Meter()
     try:
         with meter.phase("load"):
-            engine = load_engine(args, offload_dir, memory)
+            engine = load_engine(args, prompts, offload_dir, memory)
         try:
             outputs, stats = timed_generate(engine, prompts, args, meter)
             policy = chosen_policy(engine)
