@@ -65,15 +65,20 @@ class Context:
 
 
 def ours_memory(ctx: Context) -> dict[str, int] | None:
-    """The engine's tier budgets under the workload's memory: resident weights plus room to
-    stream two layers and for activations on the device tier, the KV allowance on the host."""
+    """The engine's tier budgets. On a CPU: all the memory the workload grants beside the
+    imports (resident weights, two streamed layers, activations, the KV allowance) as one
+    budget, since the device and host tiers are the same RAM; the planner splits it between
+    weights and KV cache as it likes, as a peer splits its cap between its batch's KV cache and
+    the page cache that holds its offloaded weights. On a GPU: the device gets the weights'
+    share, two layers and activations; host RAM (not the scarce memory there) the rest."""
     if ctx.memory.weight_budget is None:
         return None
     device = ctx.memory.weight_budget + 2 * ctx.shape.layer_bytes + ACTIVATION_ALLOWANCE
-    host = ctx.memory.kv_allowance
-    if ctx.device == "cuda":  # host RAM is not the scarce memory on a GPU box
-        host += ctx.shape.weight_bytes
-    return {"device": device, "host": host, "disk": 100 * 1024**3}
+    disk = 100 * 1024**3
+    if ctx.device == "cuda":
+        return {"device": device, "host": ctx.memory.kv_allowance + ctx.shape.weight_bytes,
+                "disk": disk}
+    return {"device": device + ctx.memory.kv_allowance, "host": 0, "disk": disk}
 
 
 def runner_command(ctx: Context, system: SystemSpec, batch: int | None,

@@ -36,12 +36,12 @@ HAND_POLICIES: dict[str, dict[str, Any]] = {
         "gpu_batch_size": 32, "num_gpu_batches": 8,
         "weights": {"device": 100}, "cache": {"device": 100}, "activations": {"device": 100},
     },
-    # workload 2: a quarter of the weights on the device tier, the rest streamed from disk;
-    # half the KV cache of a 64-row block in host RAM, half on disk (all of it in RAM came to
-    # the whole KV allowance and was OOM-killed under the cap at opt-1.3b)
+    # workload 2 (CPU, where the device tier is RAM): a quarter of the weights resident, the
+    # rest streamed from disk; half the KV cache of a 64-row block in RAM, half on disk (all of
+    # it in RAM came to the whole KV allowance and was OOM-killed under the cap at opt-1.3b)
     "w25-disk75-32x2": {
         "gpu_batch_size": 32, "num_gpu_batches": 2,
-        "weights": {"device": 25, "disk": 75}, "cache": {"host": 50, "disk": 50},
+        "weights": {"device": 25, "disk": 75}, "cache": {"device": 50, "disk": 50},
         "activations": {"device": 100},
     },
     # quick variants (small row counts)
@@ -51,7 +51,7 @@ HAND_POLICIES: dict[str, dict[str, Any]] = {
     },
     "w25-disk75-16x2": {
         "gpu_batch_size": 16, "num_gpu_batches": 2,
-        "weights": {"device": 25, "disk": 75}, "cache": {"host": 100},
+        "weights": {"device": 25, "disk": 75}, "cache": {"device": 100},
         "activations": {"device": 100},
     },
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,8 +25,15 @@ from benchmarks.report import (
     render_table,
     summarize,
 )
+from benchmarks.run import ours_memory
 from benchmarks.runners.common import batches, build_result, fingerprint
-from benchmarks.workloads import WORKLOADS, get_workload, memory_plan
+from benchmarks.workloads import (
+    ACTIVATION_ALLOWANCE,
+    IMPORT_OVERHEAD,
+    WORKLOADS,
+    get_workload,
+    memory_plan,
+)
 
 # a toy shape with round numbers: 2 layers, q_dim = kv_dim = 4
 SHAPE = ModelShape(num_layers=2, hidden_size=4, q_dim=4, kv_dim=4, vocab_size=10,
@@ -255,3 +263,15 @@ def test_gpu_variant_skips_cleanly_without_cuda(monkeypatch, capsys) -> None:
     monkeypatch.setattr(run, "_cuda_available", lambda: False)
     assert run.main(["--device", "cuda", "--quick"]) == 0
     assert "skipping the GPU variant" in capsys.readouterr().out
+
+
+def test_ours_gets_the_whole_grant_as_one_ram_budget_on_a_cpu() -> None:
+    plan = memory_plan(get_workload("2", quick=False), weight_bytes=4000, kv_bytes_per_token=10,
+                       layer_bytes=100)
+    ctx = SimpleNamespace(memory=plan, shape=SHAPE, device="cpu")
+    cpu = ours_memory(ctx)
+    assert cpu["host"] == 0 and cpu["device"] == plan.cap_bytes - IMPORT_OVERHEAD
+    gpu = ours_memory(SimpleNamespace(memory=plan, shape=SHAPE, device="cuda"))
+    assert gpu["device"] == plan.weight_budget + 2 * SHAPE.layer_bytes + ACTIVATION_ALLOWANCE
+    assert ours_memory(SimpleNamespace(memory=memory_plan(get_workload("1", quick=False),
+                                                          4000, 10, 100))) is None
