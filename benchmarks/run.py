@@ -112,7 +112,7 @@ def run_once(ctx: Context, system: SystemSpec, batch: int | None, phase: str,
              index: int) -> dict:
     """One process: evict caches, start inside the cap, wait, parse the last JSON line.
     Its offload folder is removed afterwards, also when the run was killed."""
-    run_id = f"{system.label.replace(':', '-')}-{phase}-{batch or 'na'}-{index}"
+    run_id = f"w{ctx.workload.key}-{system.label.replace(':', '-')}-{phase}-{batch or 'na'}-{index}"
     offload_dir = OFFLOAD_PARENT / f"{ctx.raw_dir.name}-{run_id}"
     offload_dir.mkdir(parents=True, exist_ok=True)
     cmd = runner_command(ctx, system, batch, offload_dir)
