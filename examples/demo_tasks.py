@@ -134,11 +134,13 @@ def greedy_complete(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_
 def value_hits(values: dict, row: Record) -> dict[str, bool]:
     """Per schema field: do the extracted `values` (JSON-parsed, or typed from Arrow: a date
     is a `datetime.date`) hold the row's known value? Totals match to the cent."""
-    total = values.get("total")
-    hits = {key: values.get(key) is not None and str(values[key]) == row[key]
-            for key in INVOICE_SCHEMA}
-    hits["total"] = isinstance(total, (int, float)) and abs(total - row["total"]) < 0.005
-    return hits
+    def hit(key: str) -> bool:
+        value = values.get(key)
+        if key == "total":
+            return isinstance(value, (int, float)) and abs(value - row["total"]) < 0.005
+        return value is not None and str(value) == row[key]
+
+    return {key: hit(key) for key in INVOICE_SCHEMA}
 
 
 def field_hits(answer: str, row: Record) -> dict[str, bool]:

@@ -88,7 +88,6 @@ def build_examples(n_records: int, seed: int, exclude: set[str],
             examples.append(extract_example(rng, row, pools["invoice"]))
             if rng.random() < copy_share:
                 examples.append(copy_example(row))
-
         else:
             examples.append(classify_example(rng, row, pools[row["kind"]]))
         if rng.random() < plain_share:
