@@ -10,7 +10,7 @@ import re
 import statistics
 from pathlib import Path
 
-PEER_RUNNERS = ("hf", "accelerate_offload")
+PEER_RUNNERS = ("hf", "accelerate_offload", "llamacpp", "vllm_cpu")
 PEER_LABELS = ("pipeline:plain",)  # workload 3's baseline: the engine in plain FlexGen mode
 SECTION_BEGIN = "<!-- BEGIN benchmarks.run: generated, do not edit by hand -->"
 SECTION_END = "<!-- END benchmarks.run -->"
@@ -95,8 +95,9 @@ def render_table(rows: list[dict]) -> str:
 
 def _table_cells(row: dict, peers: list[str]) -> list[str]:
     if "tok_per_s" not in row:
-        reason = str(row.get("failure", "no successful run")).splitlines()[-1][:80]
-        return [row["label"], "-", "0", f"failed: {reason}", *["-"] * (5 + len(peers))]
+        reason = str(row.get("failure", "no successful run")).splitlines()[-1]
+        reason = reason if reason.startswith("skipped:") else f"failed: {reason[:80]}"
+        return [row["label"], "-", "0", reason, *["-"] * (5 + len(peers))]
     spread = f"{_fmt(row['tok_per_s'])} ({_fmt(row['tok_per_s_min'])}-{_fmt(row['tok_per_s_max'])})"
     vs = [f"{row['vs'][peer]:.2f}x" for peer in peers]
     return [row["label"], str(row.get("batch") or "-"), str(row["runs"]), spread,

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import BENCH_DIR, CACHE_DIR, RESULTS_DIR
+from benchmarks import BENCH_DIR, CACHE_DIR, RESULTS_DIR, peers
 from benchmarks.checkpoints import ensure_checkpoint
 from benchmarks.floor import WorkloadShape, compute_floor, load_or_measure
 from benchmarks.hardware import Hardware
@@ -84,7 +84,8 @@ def ours_memory(ctx: Context) -> dict[str, int] | None:
 def runner_command(ctx: Context, system: SystemSpec, batch: int | None,
                    offload_dir: Path = OFFLOAD_PARENT) -> list[str]:
     work = ctx.workload
-    cmd = [sys.executable, "-m", f"benchmarks.runners.{system.runner}",
+    python = str(peers.vllm_python()) if system.runner == "vllm_cpu" else sys.executable
+    cmd = [python, "-m", f"benchmarks.runners.{system.runner}",
            "--model", str(ctx.model_dir), "--rows", str(work.rows),
            "--prompt-len", str(work.prompt_len), "--gen-len", str(work.gen_len),
            "--device", ctx.device, "--variant", system.label, "--prompts", work.prompts,
@@ -96,6 +97,8 @@ def runner_command(ctx: Context, system: SystemSpec, batch: int | None,
         cmd += ["--budget", str(budget), "--offload-dir", str(offload_dir)]
         if ctx.device == "cuda":
             cmd += ["--host-budget", str(ctx.shape.weight_bytes)]
+    if system.runner == "llamacpp":
+        cmd += ["--gguf-type", system.policy or "bf16"]
     if system.runner in ("ours", "pipeline"):
         cmd += ["--policy", system.policy or "auto", "--offload-dir", str(offload_dir)]
         if system.share_prefix:
@@ -116,7 +119,8 @@ def run_once(ctx: Context, system: SystemSpec, batch: int | None, phase: str,
     offload_dir = OFFLOAD_PARENT / f"{ctx.raw_dir.name}-{run_id}"
     offload_dir.mkdir(parents=True, exist_ok=True)
     cmd = runner_command(ctx, system, batch, offload_dir)
-    evicted = evict_page_cache([ctx.model_dir])
+    evicted = evict_page_cache([ctx.model_dir, *peers.model_files(system.runner, system.policy,
+                                                                  ctx.model_dir)])
     stdout_path, stderr_path = ctx.raw_dir / f"{run_id}.out", ctx.raw_dir / f"{run_id}.err"
     try:
         with memory_cap(ctx.memory.cap_bytes, run_id) as cap, stdout_path.open("w") as out, \
@@ -161,11 +165,18 @@ def _parse_result(stdout: str, rc: int, stderr: str, usage: dict) -> dict:
 
 
 def run_system(ctx: Context, system: SystemSpec) -> list[dict]:
-    """Peers: one run per batch size of the sweep, then repeats of the best (counted)."""
+    """Peers: one run per batch size of the sweep, then repeats of the best (counted). A peer
+    that is not built, or cannot load this checkpoint, is one skipped row with the reason."""
+    reason = peers.prepare(system.runner, system.policy, ctx.model_dir)
+    if reason:
+        log(f"{system.label}: skipped ({reason})")
+        return [{"label": system.label, "runner": system.runner, "error": f"skipped: {reason}",
+                 "skipped": reason, "counted": False, "cap": {}, "batch": None}]
     if not system.sweep:
         runs = [run_once(ctx, system, None, "repeat", idx) for idx in range(ctx.repeats)]
         return [dict(run, counted=True) for run in runs]
-    sweep = [run_once(ctx, system, batch, "sweep", 0) for batch in ctx.workload.peer_batches]
+    sweep = [run_once(ctx, system, batch, "sweep", 0)
+             for batch in system.batches or ctx.workload.peer_batches]
     best = best_batch(sweep)
     if best is None:
         return [dict(run, counted=False) for run in sweep]
@@ -189,7 +200,8 @@ def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> di
     work = ctx.workload
     runs: list[dict] = []
     for system in work.systems:
-        if only and not any(system.label.startswith(prefix) for prefix in only):
+        named = bool(only) and any(system.label.startswith(prefix) for prefix in only)
+        if (only and not named) or (system.optional and not named):
             continue
         log(f"workload {work.key}: {system.label}")
         runs += run_system(ctx, system)

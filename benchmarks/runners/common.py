@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.prompts import random_prompts, wrangling_prompts
-
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
@@ -55,7 +53,10 @@ def prompts_for(args: argparse.Namespace) -> list[list[int]]:
 
 def make_prompts(kind: str, rows: int, prompt_len: int, prefix_len: int, vocab: int,
                  seed: int) -> list[list[int]]:
-    """The same prompts in every process (the orchestrator uses this for the floor)."""
+    """The same prompts in every process (the orchestrator uses this for the floor). torch is
+    imported here, not with this module: the llama.cpp runner stays torch-free (its RSS counts)."""
+    from benchmarks.prompts import random_prompts, wrangling_prompts
+
     if kind == "wrangling":
         return wrangling_prompts(rows, prefix_len, prompt_len - prefix_len, vocab, seed=seed)
     return random_prompts(rows, prompt_len, vocab, seed=seed)
