@@ -373,11 +373,20 @@ def main(argv: list[str] | None = None) -> int:
     gguf.add_argument("presets", nargs="+")
     gguf.add_argument("--type", nargs="+", default=list(GGUF_TYPES), choices=GGUF_TYPES)
     sub.add_parser("status", help="what is built, and why not")
+    capped = sub.add_parser("capped", help="one runner command inside a fresh memory cgroup, "
+                            "after evicting its model files (as benchmarks.run does)")
+    capped.add_argument("--cap-bytes", type=float, required=True, help="e.g. 2.5e9 or 2684354560")
+    capped.add_argument("--evict", type=Path, action="append", default=[],
+                        help="files / folders to drop from the page cache first (repeatable)")
+    capped.add_argument("command", nargs=argparse.REMAINDER, help="-- then the runner command")
     args = parser.parse_args(argv)
     if args.cmd == "status":
         for runner in RUNNERS:
             print(f"{runner}: {unavailable(runner) or 'ready'}")
         return 0
+    if args.cmd == "capped":
+        return run_capped(int(args.cap_bytes), args.evict,
+                          args.command[1:] if args.command[:1] == ["--"] else args.command)
     if args.cmd == "gguf":
         return _convert_presets(args.presets, args.type)
     peers = args.peers or list(RUNNERS)
@@ -396,6 +405,22 @@ def main(argv: list[str] | None = None) -> int:
         failed += not status["ok"]
     # a peer that failed is recorded (its reason goes into the report); the target still ends 0
     return 0 if failed == 0 or os.environ.get("BENCH_PEERS_STRICT") != "1" else 1
+
+
+def run_capped(cap_bytes: int, evict: list[Path], cmd: list[str]) -> int:
+    """Evict, start cmd in a fresh cgroup limited to cap_bytes (page cache charged), wait; the
+    cmd's stdout passes through, then one JSON line of the cgroup's usage (peak, OOM kills)."""
+    from benchmarks.memcap import evict_page_cache, memory_cap
+
+    if not cmd:
+        raise SystemExit("capped: no command given (put it after --)")
+    evicted = evict_page_cache(evict)
+    with memory_cap(cap_bytes, f"peers-{os.getpid()}") as cap:
+        proc = subprocess.Popen(cmd, preexec_fn=cap.preexec(), cwd=BENCH_DIR.parent)
+        rc = proc.wait()
+        usage = cap.usage()
+    print(json.dumps({"capped_rc": rc, "cap": usage, "evicted_bytes": evicted}), flush=True)
+    return rc
 
 
 def _convert_presets(presets: list[str], types: list[str], nice: int = 0) -> int:

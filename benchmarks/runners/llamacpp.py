@@ -71,7 +71,9 @@ def server_command(server: Path, gguf: Path, args: argparse.Namespace, ctx_per_s
         str(server), "-m", str(gguf), "--host", HOST, "--port", str(port),
         "-t", threads, "-tb", threads,
         "--parallel", str(args.batch), "--ctx-size", str(args.batch * ctx_per_slot),
-        "--no-kv-unified",  # each slot its own ctx_per_slot (a unified cache could overflow)
+        # one KV buffer of exactly --batch x ctx_per_slot cells shared by the slots: split per
+        # slot, llama.cpp pads each slot to 256 cells (2 GiB more at 256 slots on Llama-1B)
+        "--kv-unified",
         "--cont-batching", "--batch-size", str(args.n_batch), "--ubatch-size", str(args.n_ubatch),
         "--load-mode", args.load_mode, "--no-repack", "--fit", "off",
         "--cache-ram", "0",  # no RAM prompt cache beside the KV cache (it would use the cap)
@@ -93,7 +95,7 @@ def batched_bench_command(bench: Path, gguf: Path, args: argparse.Namespace,
         str(bench), "-m", str(gguf), "-c", str(ctx), "-b", str(args.n_batch),
         "-ub", str(args.n_ubatch), "-npp", str(args.prompt_len), "-ntg", str(args.gen_len),
         "-npl", ",".join(map(str, rounds)), "-t", threads, "-tb", threads,
-        "--load-mode", args.load_mode, "--no-repack", "--no-kv-unified",
+        "--load-mode", args.load_mode, "--no-repack", "--kv-unified",
     ]
 
 

@@ -185,6 +185,7 @@ def test_server_command_reads_the_gguf_through_mmap() -> None:
     assert "--load-mode mmap" in joined and "--no-repack" in joined
     assert "--parallel 4" in joined and "--ctx-size 32" in joined and "-t 2" in joined
     assert "--cache-ram 0" in joined and "--host 127.0.0.1 --port 1234" in joined
+    assert "--kv-unified" in cmd  # exactly parallel x ctx_per_slot cells, no per-slot padding
     assert "--no-mmap" not in joined and "mlock" not in joined
     assert "--load-mode none" in " ".join(llamacpp.server_command(
         Path("s"), Path("g"), _args(load_mode="none"), 8, 1))
