@@ -68,7 +68,7 @@ class Engine:
             policy = default_policy(cfg, layers, dtype, budgets, device, offload_dir)
         elif not isinstance(policy, Policy):
             raise TypeError(f"policy must be None, 'auto' or a Policy, got {policy!r}")
-        _check_fits(cfg, layers, policy, dtype, budgets)
+        _check_fits(cfg, layers, policy, dtype, budgets, shared_ram=device.type == "cpu")
         tiers = Tiers(Ledger(budgets), device, offload_dir)
         try:
             with CheckpointReader(model_dir) as reader:
@@ -215,8 +215,9 @@ def _generator(params: SamplingParams) -> torch.Generator | None:
     return None if params.seed is None else torch.Generator().manual_seed(params.seed)
 
 
-def _check_fits(cfg, layers, policy: Policy, dtype: torch.dtype, budgets: dict[str, int]) -> None:
-    needs = minimum_bytes(cfg, layers, policy, dtype)
+def _check_fits(cfg, layers, policy: Policy, dtype: torch.dtype, budgets: dict[str, int],
+                shared_ram: bool) -> None:
+    needs = minimum_bytes(cfg, layers, policy, dtype, shared_ram)
     short = [tier for tier in TIERS if needs[tier] > budgets[tier]]
     if short:
         detail = "; ".join(

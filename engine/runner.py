@@ -88,35 +88,22 @@ class BlockRunner:
         what = f"KV cache of layer {layer}"
         if entry is None:
             tier = self.cache_tiers[self._entry(layer, batch_idx)]
-            entry = CacheEntry(self._home(tier, lease, what, self.compress_cache),
+            entry = CacheEntry(self.tiers.hand_over(tier, lease, what, self.compress_cache),
                                version=len(batch.keeps))
             batch.caches[layer] = entry
             return
-        self.tiers.write_back(entry.placed, lease.tensor, what)
+        self.tiers.write_back(entry.placed, lease, what)
         self.tiers.release(lease)
-
-    def _home(self, tier: str, lease: Lease, what: str, compress: bool = False) -> Placed:
-        """Home a device lease on `tier`: a device lease is handed over without a copy."""
-        if tier == "device" and not compress:
-            placed = Placed("device", tuple(lease.tensor.shape), lease.tensor.dtype, lease.tensor)
-            lease.charged = 0  # the charge now belongs to the home
-            return placed
-        placed = self.tiers.put(tier, lease.tensor, what, compress)
-        self.tiers.release(lease)
-        return placed
 
     # hidden states ---------------------------------------------------------------------
     def load_hidden(self, layer: int, batch_idx: int) -> Lease:
         placed = self.hidden.pop((layer - 1, batch_idx))
-        lease = self.tiers.fetch(placed, f"hidden state after layer {layer - 1}")
-        if placed.tier == "device":
-            return Lease(lease.tensor, placed.nbytes)  # the home's charge moves to the lease
-        self.tiers.free(placed)
-        return lease
+        return self.tiers.take(placed, f"hidden state after layer {layer - 1}")
 
     def store_hidden(self, layer: int, batch_idx: int, lease: Lease) -> None:
         tier = self.hidden_tiers[self._entry(layer, batch_idx)]
-        self.hidden[layer, batch_idx] = self._home(tier, lease, f"hidden state after layer {layer}")
+        self.hidden[layer, batch_idx] = self.tiers.hand_over(tier, lease,
+                                                             f"hidden state after layer {layer}")
 
     # compute ---------------------------------------------------------------------------
     def compute(

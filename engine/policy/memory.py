@@ -16,6 +16,7 @@ from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.model.workspace import workspace_bytes
 from engine.policy.policy import TIERS, Placement, Policy
+from engine.storage.pool import padded_size
 from engine.weights import choose_tiers
 
 
@@ -54,42 +55,52 @@ def weight_home_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) ->
     return homes
 
 
-def _working_bytes(full: int, stored: int, tier: str) -> int:
-    """Device bytes one weight takes while its layer computes, beyond its home."""
-    compressed = stored != full
-    if not compressed:
-        return 0 if tier == "device" else full
-    return full if tier == "device" else full + stored  # codes copied in, then dequantized
+def fetched_bytes(num_bytes: int, tier: str, shared_ram: bool) -> int:
+    """Device bytes a fetch of `num_bytes` homed on `tier` charges. `shared_ram` (a CPU): host
+    homes are used in place (0) and disk reads land in page-aligned staging buffers."""
+    if tier == "device" or (shared_ram and tier == "host"):
+        return 0
+    return padded_size(num_bytes) if shared_ram and tier == "disk" else num_bytes
 
 
-def weight_load_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) -> list[int]:
+def _working_bytes(full: int, stored: int, tier: str, shared_ram: bool) -> int:
+    """Device bytes one weight takes while its layer computes, beyond its home: what is
+    fetched, plus the full tensor when 4-bit codes are dequantized."""
+    return fetched_bytes(stored, tier, shared_ram) + (full if stored != full else 0)
+
+
+def weight_load_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int,
+                      shared_ram: bool) -> list[int]:
     """Per layer, the device bytes its weights take while it computes, beyond their homes."""
     loads = []
     for layer in layers:
         sizes = _sizes(layer, itemsize)
         tiers = _layer_tiers(sizes, policy.weights)
         stored = _stored_sizes(layer, itemsize, policy.compress_weights)
-        loads.append(sum(_working_bytes(*item) for item in zip(sizes, stored, tiers, strict=True)))
+        loads.append(sum(_working_bytes(full, kept, tier, shared_ram)
+                         for full, kept, tier in zip(sizes, stored, tiers, strict=True)))
     return loads
 
 
-def weight_window_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) -> int:
+def weight_window_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int,
+                        shared_ram: bool) -> int:
     """Peak device bytes of loaded (non-resident) weights: one layer, or two with overlap."""
-    loads = weight_load_bytes(layers, policy, itemsize)
+    loads = weight_load_bytes(layers, policy, itemsize, shared_ram)
     if not policy.overlap or len(loads) < 2:
         return max(loads)
     return max(a + b for a, b in pairwise(loads))
 
 
 def minimum_bytes(
-    cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, dtype: torch.dtype
+    cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, dtype: torch.dtype,
+    shared_ram: bool,
 ) -> dict[str, int]:
     """What each tier needs for a single one-token row: below this nothing can run."""
     itemsize = dtype.itemsize
     needs = weight_home_bytes(layers, policy, itemsize)
     cache_row = 2 * cfg.num_kv_heads * cfg.head_dim * itemsize * 2  # [2, 1, K, 2, D]
     work = max(workspace_bytes(cfg, layer.kind, 1, 1, 2, itemsize) for layer in layers)
-    needs["device"] += weight_window_bytes(layers, policy, itemsize) + work + cache_row
+    needs["device"] += weight_window_bytes(layers, policy, itemsize, shared_ram) + work + cache_row
     return needs
 
 

@@ -102,11 +102,12 @@ def _prefix_seconds(cfg, layers, workload, profile, dtype, fractions) -> float:
 def predict(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, workload: Workload,
             profile: HardwareProfile, dtype: torch.dtype) -> Prediction:
     prefill, decode, total = table_seconds(cfg, layers, policy, workload, profile, dtype)
+    shared_ram = profile.device == "cpu"  # the device tier is RAM: host homes used in place
     shape = BlockShape.first_block(workload.lengths(), policy, workload.gen_len,
                                    workload.shared_prefix)
     return Prediction(
         prefill_s=prefill, decode_s=decode, total_s=total,
         tokens_per_s=workload.rows * workload.gen_len / total,
-        peak_bytes=block_peaks(cfg, layers, policy, shape, dtype, lag=1),
-        peak_bound=block_peaks(cfg, layers, policy, shape, dtype, lag=PLANNING_LAG),
+        peak_bytes=block_peaks(cfg, layers, policy, shape, dtype, shared_ram, lag=1),
+        peak_bound=block_peaks(cfg, layers, policy, shape, dtype, shared_ram, lag=PLANNING_LAG),
     )

@@ -131,7 +131,7 @@ def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list,
             return None
         policy = _round(size, count, result.fractions, overlap, cpu_attention)
         peaks = block_peaks(problem.cfg, problem.layers, policy, shape, problem.dtype,
-                            lag=PLANNING_LAG)
+                            problem.profile.device == "cpu", lag=PLANNING_LAG)
         over = {tier: peaks[tier] - problem.budgets[tier] for tier in TIERS
                 if peaks[tier] > problem.budgets[tier]}
         if not over:
@@ -146,7 +146,8 @@ def _minimum_check(problem: _Problem) -> None:
     wl, off = problem.workload, Placement.on("disk")
     one_row = Policy(1, 1, off, off, off, overlap=False)
     shape = BlockShape((1,), (int(problem.lengths[0]),), wl.gen_len, wl.shared_prefix)
-    device = block_peaks(problem.cfg, problem.layers, one_row, shape, problem.dtype, lag=0)
+    device = block_peaks(problem.cfg, problem.layers, one_row, shape, problem.dtype,
+                         problem.profile.device == "cpu", lag=0)
     budgets = problem.budgets
     if device["device"] > budgets["device"]:
         raise MemoryBudgetError(

@@ -120,12 +120,18 @@ class Executor:
         begin = time.perf_counter()
         out = self.runner.compute(step.layer, step.batch, layer_weights, cache, hidden)
         self.compute_s += time.perf_counter() - begin
-        return (cache, out)
+        return [cache, out]  # emptied by the stores that take them
 
     def _store_step(self, step: Step, caches: dict, outputs: dict) -> None:
-        cache, out = outputs[step.layer, step.batch]
+        """Hand one output of a compute to its store. The executor keeps no reference to what
+        it handed over: a cache or hidden state lives only as long as its store needs it."""
+        pending = outputs[step.layer, step.batch]
         if isinstance(step, StoreCache):
-            key, fn, value = ("cache", step.layer, step.batch), self.runner.store_cache, cache
+            key, fn, value = ("cache", step.layer, step.batch), self.runner.store_cache, pending[0]
+            pending[0] = None
         else:
-            key, fn, value = ("hidden", step.layer, step.batch), self.runner.store_hidden, out
+            key, fn, value = ("hidden", step.layer, step.batch), self.runner.store_hidden, pending[1]
+            pending[1] = None
+        if pending == [None, None]:
+            del outputs[step.layer, step.batch]
         self._stores[key] = self._submit(fn, step.layer, step.batch, value)

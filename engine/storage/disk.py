@@ -41,11 +41,14 @@ def _drop_pages(fd: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def write_file(path: Path, data: torch.Tensor) -> None:
-    """Write a CPU tensor's bytes to `path`; partial files are removed on failure."""
+def write_file(path: Path, data: torch.Tensor, buffer: torch.Tensor | None = None) -> None:
+    """Write a CPU tensor's bytes to `path` through an aligned `buffer` (made when None; not
+    copied into when `data` already starts it); partial files are removed on failure."""
     flat = data.detach().contiguous().view(-1).view(torch.uint8)  # [N] bytes
-    buffer = aligned_empty(flat.numel())
-    buffer[: flat.numel()].copy_(flat)
+    if buffer is None:
+        buffer = aligned_empty(flat.numel())
+    if flat.data_ptr() != buffer.data_ptr():
+        buffer[: flat.numel()].copy_(flat)
     try:
         fd, direct = _open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:

@@ -2,8 +2,13 @@
 
 `put` homes a tensor on a tier; `fetch` gives a copy on the compute device (or the tensor itself
 when it already lives there) as a `Lease` whose bytes count on the device tier until released;
-`write_back` refreshes a home from a device tensor. Every byte allocated or moved is recorded
-in the `Ledger`, which is what `engine.stats` reports.
+`hand_over` homes what compute produced; `write_back` refreshes a home from a device tensor.
+Every byte allocated or moved is recorded in the `Ledger`, which is what `engine.stats` reports.
+
+On a CPU the device and host tiers are the same RAM: a host-resident tensor is computed on
+where it lives and a computed tensor is homed on the host without a copy; only the charges move
+between the tiers' budgets (and no bytes are counted on the host->device link). Reads from the
+disk tier land in reusable staging buffers (`BufferPool`), charged while held.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from engine.compression import QuantMeta, dequantize, quantize
 from engine.storage import disk
 from engine.storage.ledger import Ledger
+from engine.storage.pool import BufferPool
 
 
 @dataclass
@@ -44,10 +50,12 @@ class Placed:
 
 @dataclass
 class Lease:
-    """A tensor on the compute device; `charged` bytes count on the device tier until released."""
+    """A tensor on the compute device; `charged` bytes count on the device tier until released.
+    `staging` is the pooled buffer the tensor views, given back to the pool on release."""
 
     tensor: torch.Tensor
     charged: int
+    staging: torch.Tensor | None = None
 
 
 def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
@@ -61,6 +69,8 @@ class Tiers:
         self.ledger = ledger
         self.device = device
         self._pin = device.type == "cuda"
+        # disk reads land here: on the device itself on a CPU, in (pinned) host RAM on a GPU
+        self.staging = BufferPool(ledger, "device" if device.type == "cpu" else "host")
         parent = Path(offload_dir) if offload_dir is not None else None
         try:
             if parent is not None:
@@ -71,7 +81,12 @@ class Tiers:
         self._names = itertools.count()
 
     def close(self) -> None:
+        self.staging.trim()
         shutil.rmtree(self.offload_dir, ignore_errors=True)
+
+    def in_place(self, tier: str) -> bool:
+        """Whether a tensor homed on `tier` is computed on where it lives (no copy)."""
+        return tier == "device" or (tier == "host" and self.device.type == "cpu")
 
     def put(self, tier: str, tensor: torch.Tensor, what: str, compress: bool = False) -> Placed:
         """Home a copy of `tensor` on `tier`, as 4-bit codes when `compress`."""
@@ -87,8 +102,9 @@ class Tiers:
             raise
         return placed
 
-    def write_back(self, placed: Placed, tensor: torch.Tensor, what: str) -> None:
-        """Refresh `placed` from a device tensor, which may have a new shape (rows removed)."""
+    def write_back(self, placed: Placed, lease: Lease, what: str) -> None:
+        """Refresh `placed` from a device lease, which may have a new shape (rows removed)."""
+        tensor = lease.tensor
         if tensor is placed.tensor:  # updated in place, where it lives
             return
         if placed.quant is not None:
@@ -98,10 +114,33 @@ class Tiers:
             self.ledger.free(placed.tier, placed.nbytes)
             self.ledger.allocate(placed.tier, new_bytes, what)
             placed.shape = tuple(tensor.shape)
-        if placed.tier == "device":  # the caller hands the device tensor over
+        if self.in_place(placed.tier) and placed.quant is None:  # the caller hands it over
             placed.tensor = tensor
             return
-        self._store(placed, tensor)
+        self._store(placed, tensor, lease.staging)
+
+    def hand_over(self, tier: str, lease: Lease, what: str, compress: bool = False) -> Placed:
+        """Home a computed tensor on `tier`. Where that tier is computed on in place, the tensor
+        itself becomes the home and its charge moves there; elsewhere it is copied (or
+        compressed) and the lease released."""
+        if compress or not self.in_place(tier) or lease.staging is not None:
+            placed = self.put(tier, lease.tensor, what, compress)
+            self.release(lease)
+            return placed
+        placed = Placed(tier, tuple(lease.tensor.shape), lease.tensor.dtype, lease.tensor)
+        self.release(lease)  # the charge moves: freed on the device first, then taken on `tier`
+        self.ledger.allocate(tier, placed.nbytes, what)
+        return placed
+
+    def take(self, placed: Placed, what: str) -> Lease:
+        """`fetch` a home and free it: its contents are needed once more (a hidden state)."""
+        if self.in_place(placed.tier) and placed.quant is None:
+            tensor = placed.tensor
+            self.free(placed)  # the home's charge moves to the lease
+            return self.adopt(tensor, what)
+        lease = self.fetch(placed, what)
+        self.free(placed)
+        return lease
 
     def free(self, placed: Placed) -> None:
         self.ledger.free(placed.tier, placed.nbytes)
@@ -114,15 +153,13 @@ class Tiers:
         """A tensor on the compute device with `placed`'s contents."""
         if placed.quant is not None:
             return self._fetch_compressed(placed, what)
-        if placed.tier == "device":
+        if self.in_place(placed.tier):
             return Lease(placed.tensor, 0)
-        self.ledger.allocate("device", placed.nbytes, what)
-        if placed.tier == "host":
-            tensor = placed.tensor.to(self.device, non_blocking=self._pin)
-        else:
-            tensor = self._read_disk(placed)
         self.ledger.record_move(placed.tier, "device", placed.nbytes)
-        return Lease(tensor, placed.nbytes)
+        if placed.tier == "disk":
+            return self._read_disk(placed, what)
+        self.ledger.allocate("device", placed.nbytes, what)
+        return Lease(placed.tensor.to(self.device, non_blocking=self._pin), placed.nbytes)
 
     def _fetch_compressed(self, placed: Placed, what: str) -> Lease:
         codes = self.fetch(Placed(placed.tier, placed.shape, placed.dtype, placed.tensor,
@@ -146,8 +183,12 @@ class Tiers:
     def release(self, lease: Lease) -> None:
         self.ledger.free("device", lease.charged)
         lease.charged = 0
+        if lease.staging is not None:
+            self.staging.give(lease.staging)
+            lease.staging = None
 
-    def _store(self, placed: Placed, tensor: torch.Tensor) -> None:
+    def _store(self, placed: Placed, tensor: torch.Tensor,
+               staged: torch.Tensor | None = None) -> None:
         if placed.tier == "device":
             placed.tensor = tensor.detach().to(self.device, copy=True).contiguous()
         elif placed.tier == "host":
@@ -156,12 +197,34 @@ class Tiers:
             self.ledger.record_move("device", "host", placed.nbytes)
         else:
             placed.path = placed.path or self.offload_dir / f"t{next(self._names)}.bin"
-            disk.write_file(placed.path, tensor.detach().to("cpu"))
+            self._write_disk(placed, tensor.detach().to("cpu"), staged)
             self.ledger.record_move("device", "disk", placed.nbytes)
 
-    def _read_disk(self, placed: Placed) -> torch.Tensor:
-        raw = disk.read_file(placed.path, placed.nbytes)  # [nbytes] uint8, page-cache bypassed
+    def _write_disk(self, placed: Placed, tensor: torch.Tensor, staged: torch.Tensor | None) -> None:
+        """Write through `staged` (the staging buffer the tensor was read into, written from as
+        it is) or a staging buffer of the pool."""
+        if staged is not None and tensor.data_ptr() == staged.data_ptr():
+            disk.write_file(placed.path, tensor, staged)
+            return
+        buffer = self.staging.take(placed.nbytes, f"write of {placed.path.name}",
+                                   (placed.shape, placed.dtype))
+        try:
+            disk.write_file(placed.path, tensor, buffer)
+        finally:
+            self.staging.give(buffer)
+
+    def _read_disk(self, placed: Placed, what: str) -> Lease:
+        """Read a disk home into a pooled staging buffer (page cache bypassed)."""
+        buffer = self.staging.take(placed.nbytes, what, (placed.shape, placed.dtype))
+        try:
+            raw = disk.read_file(placed.path, placed.nbytes, out=buffer)  # [nbytes] uint8
+        except BaseException:
+            self.staging.give(buffer)
+            raise
         tensor = raw.view(placed.dtype).view(placed.shape)
         if self.device.type == "cpu":
-            return tensor
-        return tensor.pin_memory().to(self.device, non_blocking=True)
+            return Lease(tensor, 0, staging=buffer)
+        self.ledger.allocate("device", placed.nbytes, what)
+        on_device = tensor.pin_memory().to(self.device, non_blocking=True)
+        self.staging.give(buffer)
+        return Lease(on_device, placed.nbytes)

@@ -68,7 +68,7 @@ def test_budget_too_small_names_the_minimum_and_the_tier(model_dirs, profile):
         plan(model_dirs("opt"), workload, {"device": "10KiB"}, dtype=torch.float32,
              profile=profile)
     with pytest.raises(MemoryBudgetError, match=r"host and disk tiers together"):
-        plan(model_dirs("opt"), workload, {"device": "100KiB", "host": "1KiB", "disk": "1KiB"},
+        plan(model_dirs("opt"), workload, {"device": "160KiB", "host": "1KiB", "disk": "1KiB"},
              dtype=torch.float32, profile=profile)
 
 
