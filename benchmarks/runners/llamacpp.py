@@ -218,7 +218,7 @@ def run_server(args: argparse.Namespace, gguf: Path, prompts: list[list[int]]) -
     extra = {"batch": args.batch, "mode": "server", "gguf": str(gguf),
              "gguf_type": args.gguf_type, "load_mode": args.load_mode,
              "cache_prompt": cache_prompt, "server_timings": timings,
-             "server_rss": server_mem, "command_peer": cmd}
+             "server_rss": server_mem, "process_tree": tree.as_dict(), "command_peer": cmd}
     result = build_result(args, "llamacpp", prompts, outputs, meter, extra)
     result["peak_rss_bytes"] = max(tree.peak_bytes,
                                    peak_rss_bytes() + server_mem.get("VmHWM", 0))

@@ -25,6 +25,21 @@ def status_kib(pid: int, keys: tuple[str, ...] = ("VmRSS", "VmHWM", "RssAnon", "
     return out
 
 
+def pss_bytes(pid: int, proc: Path = PROC) -> int:
+    """Proportional set size (shared pages split between their users), 0 when gone."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in (proc / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def comm(pid: int, proc: Path = PROC) -> str:
+    with contextlib.suppress(OSError):
+        return (proc / str(pid) / "comm").read_text().strip()
+    return "?"
+
+
 def proc_io(pid: int, proc: Path = PROC) -> dict[str, int]:
     counters: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError):
@@ -56,8 +71,12 @@ def descendants(pid: int, proc: Path = PROC) -> list[int]:
 
 
 class TreeSampler:
-    """Polls a process tree: the peak of the summed RSS, and each process's own high-water mark
-    (VmHWM, kept as last seen so processes that exit early still count)."""
+    """Polls a process tree: the peaks of its summed RSS and summed PSS, and each process's own
+    high-water mark (VmHWM, kept as last seen so processes that exit early still count).
+
+    Summed RSS counts shared library pages once per process (vLLM's engine core and its compile
+    workers each map libtorch), so for a tree of torch processes the summed PSS is the honest
+    total; for one big child (llama-server) the two agree."""
 
     def __init__(self, root_pid: int | None = None, interval_s: float = 0.2,
                  proc: Path = PROC) -> None:
@@ -65,18 +84,23 @@ class TreeSampler:
         self.interval_s = interval_s
         self.proc = proc
         self.peak_sum_rss = 0
+        self.peak_sum_pss = 0
         self.hwm: dict[int, int] = {}
+        self.names: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sample(self) -> None:
-        total = 0
+        total = pss = 0
         for pid in [self.root_pid, *descendants(self.root_pid, self.proc)]:
             fields = status_kib(pid, proc=self.proc)
             total += fields.get("VmRSS", 0)
+            pss += pss_bytes(pid, self.proc)
             if "VmHWM" in fields:
                 self.hwm[pid] = max(self.hwm.get(pid, 0), fields["VmHWM"])
+                self.names.setdefault(pid, comm(pid, self.proc))
         self.peak_sum_rss = max(self.peak_sum_rss, total)
+        self.peak_sum_pss = max(self.peak_sum_pss, pss)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -99,6 +123,11 @@ class TreeSampler:
 
     @property
     def peak_bytes(self) -> int:
-        """Conservative peak of the tree: the larger of the sampled summed RSS and the sum of
-        the processes' own high-water marks (each process's peak, even if not simultaneous)."""
-        return max(self.peak_sum_rss, sum(self.hwm.values()))
+        """The tree's peak: the sampled summed PSS, and never below the largest process's own
+        high-water mark (a peak between two samples)."""
+        return max(self.peak_sum_pss, max(self.hwm.values(), default=0))
+
+    def as_dict(self) -> dict:
+        return {"peak_sum_pss_bytes": self.peak_sum_pss, "peak_sum_rss_bytes": self.peak_sum_rss,
+                "hwm_bytes": {f"{self.names.get(pid, '?')}[{pid}]": hwm
+                              for pid, hwm in sorted(self.hwm.items())}}

@@ -10,8 +10,9 @@ otherwise, and the cache is reset after the warm-up, so the timed run reuses not
 repeat is a fresh process. Its KV cache is reserved up front (`VLLM_CPU_KVCACHE_SPACE`, GiB):
 by default what --batch sequences of the longest prompt need, plus a quarter. Load (model and
 compile warm-up, minutes) is excluded from tok/s like every runner's. The model runs in a child
-process (the engine core): peak RSS is the whole process tree's (`proctree.TreeSampler`), and
-the child is ended when done.
+process (the engine core), beside compile workers: peak RSS is the whole process tree's peak
+summed PSS (`proctree.TreeSampler`: shared libtorch pages counted once), and the children are
+ended when done.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
 
     extra = {"batch": args.batch, "max_num_seqs": args.batch, "kv_space_gib": kv_gib,
              "max_model_len": max_model_len, "prefix_caching": prefix_caching(args),
-             "vllm_version": vllm.__version__}
+             "vllm_version": vllm.__version__, "process_tree": tree.as_dict()}
     result = build_result(args, "vllm_cpu", prompts, outputs, meter, extra)
     result["peak_rss_bytes"] = tree.peak_bytes
     with contextlib.suppress(Exception):

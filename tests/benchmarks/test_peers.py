@@ -376,6 +376,7 @@ def test_tree_sampler_counts_children() -> None:
             time.sleep(1.0)
             assert child.pid in descendants(os.getpid())
         assert child.pid in tree.hwm and tree.hwm[child.pid] >= 64 * 2**20
-        assert tree.peak_bytes >= tree.hwm[child.pid]
+        assert tree.peak_bytes >= tree.hwm[child.pid] and tree.peak_sum_pss >= 64 * 2**20
+        assert any(name.startswith("python") for name in tree.as_dict()["hwm_bytes"])
     finally:
         child.wait()
