@@ -54,6 +54,8 @@ def _run_parser(commands: Any) -> None:
     run.add_argument("--block-rows", type=int, default=DEFAULT_BLOCK_ROWS)
     run.add_argument("--memory", type=parse_memory, help="device=2GiB,host=8GiB,disk=100GiB")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="run on a Ray cluster (ray.init(ADDRESS); alone or \"local\": start one here)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "run" and args.ray is not None:
+            from udfs.ray_data.cli import run_on_ray  # the `ray` extra
+
+            return run_on_ray(args)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "plan":
