@@ -74,3 +74,13 @@ def _register_pandas() -> None:
 
 
 _register_pandas()
+
+
+def __getattr__(name: str) -> Any:
+    """`fw.ray`: the Ray Data adapter (`udfs.ray_data`), imported on first use: the package
+    imports without Ray; the adapter needs the `ray` extra."""
+    if name == "ray":
+        import udfs.ray_data
+
+        return udfs.ray_data
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
