@@ -109,6 +109,18 @@ def test_arguments_checked_before_any_actor(cluster, wrangle_model_dir):
         fw.ray.stats(ds)
 
 
+def test_actor_defaults_leave_a_cpu_to_ray_data(cluster):
+    from udfs.ray_data.planning import actor_memory, actor_resources, actors_on_node
+
+    two = actor_resources(2, None, None, None)
+    assert (two.actors, two.num_cpus, two.threads) == (2, 0.5, 1)  # 2 CPUs, 1 kept for Ray
+    assert actor_resources(None, None, None, None).actors == 1  # one per node
+    assert actor_resources(2, None, None, None, reserved_cpus=2).num_cpus == 0.0
+    assert actors_on_node(actor_resources(4, 1, None, None), {"CPU": 2.0}) == 2
+    half, whole = actor_memory(None, 2, "cpu", None), actor_memory({"host": "1GiB"}, 1, "cpu", None)
+    assert half["disk"] < whole["disk"] and whole["host"] == "1GiB"
+
+
 def test_package_imports_without_ray():
     code = ("import sys; sys.modules['ray'] = None\n"
             "import flexgen_wrangle as fw\n"

@@ -2,10 +2,12 @@
 
 `--ray ADDRESS` connects with `ray.init(ADDRESS)`; `--ray` alone (or `--ray local`) starts a
 cluster on this machine. The input is read by Ray Data (Parquet file or directory, CSV, JSON
-lines), the job runs on the actors, and the output is one Parquet file, as without `--ray`: in
-input order, or, for a resumable run, in `--id-column` order. `--resume` needs `--id-column`
-(the rows' unique ids): the rows are staged in `<output>.ray/` (see `udfs.ray_data.resume`) and
-a re-run after a killed driver skips the rows already there. The batch size is the planner's.
+lines), the job runs on the actors, and the output is one Parquet file, as without `--ray`:
+every column in input order, or with `--id-column` that column and the results, in id order.
+`--resume` needs `--id-column` (the rows' unique ids): the rows are staged in `<output>.ray/`
+(see `udfs.ray_data.resume`) and a re-run after a killed driver skips the rows already there.
+The batch size is the planner's (`--block-rows` is not used); a file Ray reads as one block
+runs on one actor.
 """
 
 from __future__ import annotations
@@ -74,12 +76,13 @@ def run_on_ray(args: argparse.Namespace) -> int:
         return _fail(err, EXIT_BAD_INPUT)
     try:
         out = job.dataset()
-        rows = write_file(out if id_column is None else out.sort(id_column), args.output,
-                          preserve_order=True)
+        if id_column is not None:  # as without --ray: the ids and the results, in id order
+            out = out.select_columns([id_column, *job.job.output_names]).sort(id_column)
+        rows = write_file(out, args.output, preserve_order=True)
     except Exception as err:  # the cluster, the engine, the disk: whatever stopped the run
         return _fail(err, EXIT_FAILED, " (with --id-column, rerun with --resume)")
     _remove(staging)
-    stats = ray.get(out._flexgen_stats.total.remote())
+    stats = ray.get(job.sink.total.remote())
     print(f"wrote {args.output}: {rows} rows")
     print(stats.summary())
     return EXIT_DONE

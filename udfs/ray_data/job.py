@@ -89,7 +89,7 @@ class RayJob:
     # running ---------------------------------------------------------------------------------
     def dataset(self) -> ray.data.Dataset:
         """The lazy result; with `output`, the job runs now and this reads what it wrote."""
-        sink = ray.remote(num_cpus=0)(StatsSink).remote(self.job.task.name)
+        sink = self.sink = ray.remote(num_cpus=0)(StatsSink).remote(self.job.task.name)
         if self.output is None:
             return _tagged(self._mapped(sink), sink)
         manifest = {"job": self.job.describe(), "model": str(Path(self.recipe["model_dir"])
