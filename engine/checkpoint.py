@@ -3,6 +3,11 @@
 Formats: `model.safetensors`, sharded safetensors with `model.safetensors.index.json`,
 `pytorch_model.bin`, and sharded `.bin` with `pytorch_model.bin.index.json`. Keys may carry a
 `model.` prefix (as `*ForCausalLM` saves them) or not (as base models save them).
+
+A safetensors file is opened afresh for each tensor: its reader memory-maps the whole file, and
+the pages of every tensor read stay resident in that mapping until it closes, so one long-lived
+handle would hold the whole checkpoint in the process's RSS by the end of loading (a model
+larger than memory could not be loaded at all). Reopening costs one header parse per tensor.
 """
 
 from __future__ import annotations
@@ -55,16 +60,22 @@ class CheckpointReader:
             raise CheckpointError(f"tensor {name!r} not found in the checkpoint at {self.model_dir}")
         file_name = self._file_of[key]
         try:
+            if file_name.endswith(".safetensors"):
+                with safe_open(str(self._path(file_name)), framework="pt") as handle:
+                    return handle.get_tensor(key)
             return self._handle(file_name).get_tensor(key)
         except (SafetensorError, RuntimeError, OSError, KeyError) as err:
             raise CheckpointError(f"cannot read {key!r} from {self.model_dir / file_name}: {err}") from err
 
+    def _path(self, file_name: str) -> Path:
+        path = self.model_dir / file_name
+        if not path.is_file():
+            raise CheckpointError(f"weight file {path} is missing (named by the checkpoint index)")
+        return path
+
     def _handle(self, file_name: str):  # -> object with get_tensor(key)
         if file_name not in self._open:
-            path = self.model_dir / file_name
-            if not path.is_file():
-                raise CheckpointError(f"weight file {path} is missing (named by the checkpoint index)")
-            self._open[file_name] = _open_file(path, self._stack)
+            self._open[file_name] = _open_file(self._path(file_name), self._stack)
         return self._open[file_name]
 
 

@@ -7,10 +7,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import psutil
 import torch
 
 from engine.config import ModelConfig
+from engine.memory_limit import available_memory
 from engine.model import LayerSpec
 from engine.policy.hardware import load_profile, nominal_profile
 from engine.policy.policy import TIERS, Policy
@@ -45,13 +45,14 @@ def resolve_dtype(dtype: torch.dtype | None, cfg: ModelConfig, device: torch.dev
 def default_budgets(
     device: torch.device, offload_dir: str | Path | None, memory: dict[str, str | int] | None
 ) -> dict[str, int]:
-    """Budgets per tier: what the caller gave, else what is free with headroom. On a CPU the
-    device tier is a pool inside RAM, so device and host share the free RAM."""
+    """Budgets per tier: what the caller gave, else what is free with headroom: the available
+    RAM capped by the process's memory cgroup (`engine.memory_limit`). On a CPU the device tier
+    is a pool inside RAM, so device and host share it."""
     memory = dict(memory or {})
     unknown = set(memory) - set(TIERS)
     if unknown:
         raise ValueError(f"unknown memory tier(s) {sorted(unknown)}; tiers are {TIERS}")
-    free_ram = psutil.virtual_memory().available * HEADROOM
+    free_ram = available_memory() * HEADROOM
     if device.type == "cuda":
         free_device = torch.cuda.mem_get_info(device)[0] * HEADROOM
         free_host = free_ram

@@ -182,6 +182,7 @@ class Engine:
             raise
         executor.drain()
         self._free_block(batches, runner, keep_caches)
+        self._tiers.staging.trim()
         self.stats.add_run(executor, self._tiers.ledger)
         return batches
 
@@ -192,6 +193,7 @@ class Engine:
         with contextlib.suppress(Exception):
             executor.drain()
         self._free_block(batches, runner, keep_caches=False)
+        self._tiers.staging.trim()
         self._tiers.ledger.free("device", self._tiers.ledger.used["device"] - device_before)
 
     def _free_block(self, batches: list[GpuBatch], runner: BlockRunner, keep_caches: bool) -> None:

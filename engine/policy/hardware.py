@@ -23,6 +23,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from engine.memory_limit import available_memory
+
 logger = logging.getLogger(__name__)
 
 PROFILE_VERSION = 2
@@ -96,8 +98,9 @@ def disk_root(offload_dir: str | Path | None) -> Path:
 
 
 def free_bytes(device: str, offload_dir: str | Path | None) -> dict[str, int]:
-    """Free bytes per tier now. On a CPU the device tier is a pool inside the same RAM."""
-    ram = int(psutil.virtual_memory().available)
+    """Free bytes per tier now (RAM capped by the memory cgroup). On a CPU the device tier is a
+    pool inside the same RAM."""
+    ram = available_memory()
     on_device = int(torch.cuda.mem_get_info()[0]) if device == "cuda" else ram
     return {"device": on_device, "host": ram, "disk": int(shutil.disk_usage(disk_root(offload_dir)).free)}
 

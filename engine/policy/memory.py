@@ -6,8 +6,9 @@ construction with the numbers, not halfway through a table.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
-from itertools import pairwise
 
 import torch
 
@@ -55,40 +56,61 @@ def weight_home_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int) ->
     return homes
 
 
-def fetched_bytes(num_bytes: int, tier: str, shared_ram: bool) -> int:
-    """Device bytes a fetch of `num_bytes` homed on `tier` charges. `shared_ram` (a CPU): host
-    homes are used in place (0) and disk reads land in page-aligned staging buffers."""
-    if tier == "device" or (shared_ram and tier == "host"):
-        return 0
-    return padded_size(num_bytes) if shared_ram and tier == "disk" else num_bytes
+@dataclass(frozen=True)
+class LayerFetch:
+    """What loading one layer's weights holds until they are freed: device leases, and the
+    staging buffers disk reads land in (kind, bytes), which the pool keeps per kind."""
+
+    device: int
+    staged: tuple[tuple[tuple, int], ...]
 
 
-def _working_bytes(full: int, stored: int, tier: str, shared_ram: bool) -> int:
-    """Device bytes one weight takes while its layer computes, beyond its home: what is
-    fetched, plus the full tensor when 4-bit codes are dequantized."""
-    return fetched_bytes(stored, tier, shared_ram) + (full if stored != full else 0)
+def _tensor_fetch(full: int, stored: int, shape: tuple, tier: str, shared_ram: bool
+                  ) -> tuple[int, tuple[tuple, int] | None]:
+    """(device lease bytes, staging (kind, bytes) or None) of one weight. `shared_ram` (a CPU):
+    host homes are used in place, and a disk read's staging buffer is the lease itself; 4-bit
+    codes are dequantized into a full lease wherever they live."""
+    dequantized = full if stored != full else 0
+    staged = (("weight", shape), stored) if tier == "disk" else None
+    if tier == "device" or shared_ram:
+        return dequantized, staged
+    return stored + dequantized, staged
 
 
-def weight_load_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int,
-                      shared_ram: bool) -> list[int]:
-    """Per layer, the device bytes its weights take while it computes, beyond their homes."""
-    loads = []
+def weight_fetches(layers: list[LayerSpec], policy: Policy, itemsize: int,
+                   shared_ram: bool) -> list[LayerFetch]:
+    """Per layer, what its weights hold while it computes, beyond their homes."""
+    fetches = []
     for layer in layers:
         sizes = _sizes(layer, itemsize)
         tiers = _layer_tiers(sizes, policy.weights)
         stored = _stored_sizes(layer, itemsize, policy.compress_weights)
-        loads.append(sum(_working_bytes(full, kept, tier, shared_ram)
-                         for full, kept, tier in zip(sizes, stored, tiers, strict=True)))
-    return loads
+        device, staged = 0, []
+        for spec, full, kept, tier in zip(layer.weights, sizes, stored, tiers, strict=True):
+            shape = spec.shape if kept == full else (kept,)
+            lease, staging = _tensor_fetch(full, kept, shape, tier, shared_ram)
+            device += lease
+            staged += [staging] if staging is not None else []
+        fetches.append(LayerFetch(device, tuple(staged)))
+    return fetches
 
 
 def weight_window_bytes(layers: list[LayerSpec], policy: Policy, itemsize: int,
-                        shared_ram: bool) -> int:
-    """Peak device bytes of loaded (non-resident) weights: one layer, or two with overlap."""
-    loads = weight_load_bytes(layers, policy, itemsize, shared_ram)
-    if not policy.overlap or len(loads) < 2:
-        return max(loads)
-    return max(a + b for a, b in pairwise(loads))
+                        shared_ram: bool) -> tuple[int, int]:
+    """Peak bytes that loaded (non-resident) weights hold: (the device leases of one layer, two
+    with overlap; the staging buffers the pool keeps for a block: per kind, as many as the
+    schedule has in use at once)."""
+    fetches = weight_fetches(layers, policy, itemsize, shared_ram)
+    window = 2 if policy.overlap and len(fetches) > 1 else 1
+    spans = [fetches[start : start + window] for start in range(len(fetches) - window + 1)]
+    leases = max(sum(fetch.device for fetch in span) for span in spans)
+    most: dict[tuple, int] = {}
+    for span in spans:
+        counts = Counter(kind for fetch in span for kind, _ in fetch.staged)
+        for kind, count in counts.items():
+            most[kind] = max(most.get(kind, 0), count)
+    sizes = {kind: size for fetch in fetches for kind, size in fetch.staged}
+    return leases, sum(padded_size(sizes[kind]) * count for kind, count in most.items())
 
 
 def minimum_bytes(
@@ -100,7 +122,9 @@ def minimum_bytes(
     needs = weight_home_bytes(layers, policy, itemsize)
     cache_row = 2 * cfg.num_kv_heads * cfg.head_dim * itemsize * 2  # [2, 1, K, 2, D]
     work = max(workspace_bytes(cfg, layer.kind, 1, 1, 2, itemsize) for layer in layers)
-    needs["device"] += weight_window_bytes(layers, policy, itemsize, shared_ram) + work + cache_row
+    leases, staging = weight_window_bytes(layers, policy, itemsize, shared_ram)
+    needs["device"] += leases + work + cache_row
+    needs["device" if shared_ram else "host"] += staging  # where the disk reads land
     return needs
 
 

@@ -17,9 +17,10 @@ ALIGN = 4096
 
 
 def aligned_empty(num_bytes: int) -> torch.Tensor:
-    """A uint8 CPU tensor of `num_bytes` (rounded up to ALIGN) whose address is ALIGN-aligned."""
+    """A zeroed uint8 CPU tensor of `num_bytes` (rounded up to ALIGN) whose address is
+    ALIGN-aligned, as O_DIRECT wants."""
     padded = -(-num_bytes // ALIGN) * ALIGN
-    raw = torch.empty(padded + ALIGN, dtype=torch.uint8)
+    raw = torch.zeros(padded + ALIGN, dtype=torch.uint8)
     offset = (-raw.data_ptr()) % ALIGN
     return raw[offset : offset + padded]
 

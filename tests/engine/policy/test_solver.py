@@ -30,7 +30,7 @@ def _prompts(workload: Workload, seed: int = 0) -> list[list[int]]:
     ("family", "workload", "memory"),
     [
         ("opt", Workload(40, 32, 8), {"device": "200KiB", "host": "10MiB", "disk": "10MiB"}),
-        ("opt", Workload(24, {8: 10, 24: 2}, 6), {"device": "120KiB", "host": "160KiB",
+        ("opt", Workload(24, {8: 10, 24: 2}, 6), {"device": "160KiB", "host": "160KiB",
                                                    "disk": "10MiB"}),
         ("llama", Workload(16, [4, 10, 30], 5, shared_prefix=6),
          {"device": "170KiB", "host": "10MiB", "disk": "10MiB"}),
@@ -68,7 +68,7 @@ def test_budget_too_small_names_the_minimum_and_the_tier(model_dirs, profile):
         plan(model_dirs("opt"), workload, {"device": "10KiB"}, dtype=torch.float32,
              profile=profile)
     with pytest.raises(MemoryBudgetError, match=r"host and disk tiers together"):
-        plan(model_dirs("opt"), workload, {"device": "160KiB", "host": "1KiB", "disk": "1KiB"},
+        plan(model_dirs("opt"), workload, {"device": "200KiB", "host": "1KiB", "disk": "1KiB"},
              dtype=torch.float32, profile=profile)
 
 
