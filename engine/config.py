@@ -1,8 +1,12 @@
 """`ModelConfig`: the few numbers the engine's math needs, read from an HF `config.json`.
 
 Two families: OPT (learned positions, LayerNorm, ReLU MLP, optional post-norm and projection of
-the embedding width) and Llama (rotary positions, RMSNorm, gated SiLU MLP, grouped-query
-attention); Mistral and Qwen2 are Llama-family with small differences (sliding window, q/k/v bias).
+the embedding width) and the rotary ("llama") family: rotary positions, RMSNorm, a gated MLP,
+grouped-query attention. Within the rotary family the architectures differ by switches that
+the layer math reads: Mistral and Qwen2 (sliding window, q/k/v bias), Qwen3 (per-head q/k
+norms), Gemma 2 and 3 (scaled embeddings, (1 + w) norms around both sublayers, tanh GELU,
+soft-capping, alternating sliding and global layers, Gemma 3's local rotary base), Phi-3 (fused
+projections, LongRoPE, partial rotary). docs/models.md lists what was checked for each.
 """
 
 from __future__ import annotations
@@ -13,18 +17,40 @@ from pathlib import Path
 
 import torch
 
+# architecture -> variant (the switches below); every one of them is in the rotary family
+# except OPT.
 SUPPORTED_ARCHITECTURES = {
     "OPTForCausalLM": "opt",
     "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Phi3ForCausalLM": "phi3",
 }
-_MODEL_TYPES = {"opt": "opt", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
+# config.json `model_type` -> variant, for checkpoints whose `architectures` is missing
+_MODEL_TYPES = {
+    "opt": "opt", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+    "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3",
+}
+_HF_MODEL_TYPE = {variant: model_type for model_type, variant in _MODEL_TYPES.items()}
+# Close relatives that are refused with the reason, not just "unsupported".
+_OUT_OF_SCOPE = {
+    "Qwen3MoeForCausalLM": "Qwen3-MoE (mixture-of-experts) checkpoints are out of scope; "
+                           "dense Qwen3ForCausalLM checkpoints are supported",
+    "qwen3_moe": "Qwen3-MoE (mixture-of-experts) checkpoints are out of scope; dense "
+                 "Qwen3ForCausalLM checkpoints are supported",
+    "Gemma3ForConditionalGeneration": "multimodal Gemma 3 (image + text) checkpoints are out "
+                                      "of scope; text-only Gemma3ForCausalLM ones are supported",
+    "gemma3": "multimodal Gemma 3 (image + text) checkpoints are out of scope; text-only "
+              "Gemma3ForCausalLM ones (model_type gemma3_text) are supported",
+}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str  # "opt" | "llama"
+    family: str  # "opt" | "llama" (the rotary family: every architecture but OPT)
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -34,7 +60,7 @@ class ModelConfig:
     intermediate_size: int
     max_positions: int
     norm_eps: float
-    activation: str  # "relu" | "gelu" | "silu"
+    activation: str  # "relu" | "gelu" | "silu" | "gelu_pytorch_tanh" | ...
     pre_norm: bool = True  # OPT-350m puts LayerNorm after the residual add
     qkv_bias: bool = False
     out_bias: bool = False
@@ -42,12 +68,31 @@ class ModelConfig:
     embed_dim: int = 0  # OPT's word_embed_proj_dim; == hidden_size when there is no projection
     final_norm: bool = True
     tie_word_embeddings: bool = True
-    rope_inv_freq: tuple[float, ...] = ()  # Llama family: rotary inverse frequencies [head_dim/2]
-    rope_scaling_factor: float = 1.0  # multiplies cos/sin (yarn-style attention scaling)
-    sliding_window: int | None = None
+    rope_inv_freq: tuple[float, ...] = ()  # rotary inverse frequencies [rotary_dim / 2]
+    rope_scaling_factor: float = 1.0  # multiplies cos/sin (yarn/longrope attention scaling)
+    sliding_window: int | None = None  # the window of the layers that have one
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     torch_dtype: torch.dtype | None = None  # the checkpoint's dtype, when it says
+    arch: str = ""  # the architecture it was read as, e.g. "Gemma2ForCausalLM"
+    # per decoder layer: its sliding window, or None for global attention; () = every layer
+    # uses `sliding_window`
+    layer_windows: tuple[int | None, ...] = ()
+    qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over each head's q and k before rotary
+    gemma_norm: bool = False  # RMSNorm as (x / rms) * (1 + w) in fp32, then cast (Gemma)
+    sandwich_norm: bool = False  # Gemma: norms after attention and before and after the MLP
+    embed_scale: float | None = None  # Gemma: embeddings times sqrt(hidden_size)
+    attn_scale: float | None = None  # q.k scale; None: head_dim ** -0.5
+    attn_softcap: float | None = None  # Gemma 2: cap * tanh(scores / cap) before the mask
+    final_softcap: float | None = None  # Gemma 2/3: the same on the output logits
+    fused_qkv: bool = False  # Phi-3: one qkv_proj and one gate_up_proj, computed fused
+    # Gemma 3: the sliding layers' own rotary frequencies and scaling (() = the global ones)
+    local_rope_inv_freq: tuple[float, ...] = ()
+    local_rope_scaling_factor: float = 1.0
+    # LongRoPE (Phi-3): frequencies for a step whose longest row reaches past
+    # `rope_original_max` positions; `rope_inv_freq` holds the short ones
+    rope_long_inv_freq: tuple[float, ...] = ()
+    rope_original_max: int = 0
 
     @property
     def has_projection(self) -> bool:
@@ -56,6 +101,15 @@ class ModelConfig:
     @property
     def kv_groups(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading dims of each head that rotate (< head_dim: partial rotary)."""
+        return 2 * len(self.rope_inv_freq)
+
+    def window_of(self, decoder_idx: int) -> int | None:
+        """The sliding window of one decoder layer (None: it attends to every position)."""
+        return self.layer_windows[decoder_idx] if self.layer_windows else self.sliding_window
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path) -> ModelConfig:
@@ -70,20 +124,34 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelConfig:
-        family = _family_of(raw)
-        return _opt_config(raw) if family == "opt" else _llama_config(raw)
+        arch, variant = _variant_of(raw)
+        if variant == "opt":
+            return _opt_config(raw)
+        if variant in ("llama", "mistral", "qwen2"):
+            return _llama_config(raw, arch, variant)
+        return _NEW_FAMILIES[variant](raw, arch)
 
 
-def _family_of(raw: dict) -> str:
+def _variant_of(raw: dict) -> tuple[str, str]:
     for arch in raw.get("architectures") or []:
         if arch in SUPPORTED_ARCHITECTURES:
-            return SUPPORTED_ARCHITECTURES[arch]
-    if raw.get("model_type") in _MODEL_TYPES:
-        return _MODEL_TYPES[raw["model_type"]]
+            return arch, SUPPORTED_ARCHITECTURES[arch]
     found = raw.get("architectures") or raw.get("model_type")
-    raise ValueError(
-        f"unsupported architecture {found!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-    )
+    for arch in raw.get("architectures") or []:
+        if arch in _OUT_OF_SCOPE:
+            raise ValueError(_unsupported(found, _OUT_OF_SCOPE[arch]))
+    model_type = raw.get("model_type")
+    if model_type in _MODEL_TYPES:
+        variant = _MODEL_TYPES[model_type]
+        arch = next(name for name, var in SUPPORTED_ARCHITECTURES.items() if var == variant)
+        return arch, variant
+    raise ValueError(_unsupported(found, _OUT_OF_SCOPE.get(model_type)))
+
+
+def _unsupported(found: object, reason: str | None) -> str:
+    because = f" ({reason})" if reason else ""
+    return (f"unsupported architecture {found!r}{because}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}")
 
 
 def _eos_ids(raw: dict) -> tuple[int, ...]:
@@ -123,15 +191,19 @@ def _opt_config(raw: dict) -> ModelConfig:
         eos_token_ids=_eos_ids(raw),
         pad_token_id=raw.get("pad_token_id"),
         torch_dtype=_dtype(raw),
+        arch="OPTForCausalLM",
     )
 
 
-def _llama_config(raw: dict) -> ModelConfig:
+def _llama_config(raw: dict, arch: str, variant: str) -> ModelConfig:
+    """Llama, Mistral, Qwen2: read from the raw dict (as before the newer families came)."""
     heads = raw["num_attention_heads"]
     head_dim = raw.get("head_dim") or raw["hidden_size"] // heads
-    inv_freq, scaling = _rope(raw)
+    hf_config = _hf_config(raw, variant)
+    rope = _rope(raw, hf_config)
     model_type = raw.get("model_type", "llama")
     use_window = model_type == "mistral" or raw.get("use_sliding_window", False)
+    window = raw.get("sliding_window") if use_window else None
     return ModelConfig(
         family="llama",
         vocab_size=raw["vocab_size"],
@@ -149,28 +221,145 @@ def _llama_config(raw: dict) -> ModelConfig:
         mlp_bias=raw.get("mlp_bias", False),
         embed_dim=raw["hidden_size"],
         tie_word_embeddings=raw.get("tie_word_embeddings", False),
-        rope_inv_freq=tuple(inv_freq.tolist()),
-        rope_scaling_factor=scaling,
-        sliding_window=raw.get("sliding_window") if use_window else None,
+        **rope,
+        **_windows(hf_config, window, raw["num_hidden_layers"]),
         eos_token_ids=_eos_ids(raw),
         pad_token_id=raw.get("pad_token_id"),
         torch_dtype=_dtype(raw),
+        arch=arch,
     )
 
 
-def _rope(raw: dict) -> tuple[torch.Tensor, float]:
-    """Rotary inverse frequencies, computed by transformers' own rope functions so that every
-    scaling type it knows (linear, llama3, yarn, ...) matches HF exactly."""
+def _hf_config(raw: dict, variant: str):
+    """transformers' own config object for `raw`: its defaults, its conversions of old keys
+    (rope_scaling, rope_local_base_freq, sliding_window_pattern), its layer types."""
     from transformers import AutoConfig
+
+    raw = dict(raw, model_type=raw.get("model_type") or _HF_MODEL_TYPE[variant])
+    params = raw.get("rope_scaling") or raw.get("rope_parameters")
+    if isinstance(params, dict) and params.get("type", params.get("rope_type")) == "su":
+        # Phi-3's early name for LongRoPE; transformers maps it to "longrope" only after
+        # validating, so it cannot load such a config itself: rename it first.
+        key = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+        raw[key] = {k: v for k, v in params.items() if k != "type"} | {"rope_type": "longrope"}
+    return AutoConfig.for_model(**raw)
+
+
+def _windows(hf_config, window: int | None, num_layers: int) -> dict:
+    """Per-layer windows: transformers' `layer_types` where the config has them (Qwen2/3's
+    max_window_layers, Gemma's alternation), else `window` on every layer."""
+    layer_types = getattr(hf_config, "layer_types", None)
+    if window is None:
+        return {"sliding_window": None, "layer_windows": ()}
+    if not layer_types:
+        return {"sliding_window": window, "layer_windows": (window,) * num_layers}
+    windows = tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+    return {"sliding_window": window if any(windows) else None, "layer_windows": windows}
+
+
+def _rope(raw: dict, hf_config, layer_type: str | None = None, partial: bool = False) -> dict:
+    """Rotary inverse frequencies, computed by transformers' own rope functions so that every
+    scaling type it knows (linear, llama3, yarn, longrope, ...) matches HF exactly. `partial`:
+    the default type honours partial_rotary_factor (Phi-3 does; Llama's default does not)."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    hf_config = AutoConfig.for_model(**raw)
     params = getattr(hf_config, "rope_parameters", None) or {}
+    if layer_type is not None:
+        params = params[layer_type]
     rope_type = params.get("rope_type", "default")
     if rope_type in ("dynamic",):
         raise ValueError(f"rope type {rope_type!r} depends on the sequence length; unsupported")
+    out: dict = {"rope_scaling_factor": 1.0}
     if rope_type == "default":
         theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
-        dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]
-        return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)), 1.0
-    return ROPE_INIT_FUNCTIONS[rope_type](hf_config)
+        head_dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]
+        head_dim = getattr(hf_config, "head_dim", None) or head_dim
+        dim = int(head_dim * params.get("partial_rotary_factor", 1.0)) if partial else head_dim
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+    else:
+        kwargs = {} if layer_type is None else {"layer_type": layer_type}
+        inv_freq, out["rope_scaling_factor"] = ROPE_INIT_FUNCTIONS[rope_type](hf_config, **kwargs)
+        if rope_type == "longrope":
+            original = params["original_max_position_embeddings"]
+            long_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](hf_config, None, seq_len=original + 1,
+                                                          **kwargs)
+            out["rope_long_inv_freq"] = tuple(long_freq.tolist())
+            out["rope_original_max"] = original
+    out["rope_inv_freq"] = tuple(inv_freq.tolist())
+    return out
+
+
+def _rotary_common(raw: dict, hf, arch: str) -> dict:
+    """Fields every newer rotary architecture reads the same way, from transformers' config."""
+    heads = hf.num_attention_heads
+    return {
+        "family": "llama",
+        "vocab_size": hf.vocab_size,
+        "hidden_size": hf.hidden_size,
+        "num_layers": hf.num_hidden_layers,
+        "num_heads": heads,
+        "num_kv_heads": getattr(hf, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(hf, "head_dim", None) or hf.hidden_size // heads,
+        "intermediate_size": hf.intermediate_size,
+        "max_positions": hf.max_position_embeddings,
+        "norm_eps": hf.rms_norm_eps,
+        "embed_dim": hf.hidden_size,
+        "tie_word_embeddings": bool(hf.tie_word_embeddings),
+        "eos_token_ids": _eos_ids(raw),
+        "pad_token_id": raw.get("pad_token_id"),
+        "torch_dtype": _dtype(raw),
+        "arch": arch,
+    }
+
+
+def _qwen3_config(raw: dict, arch: str) -> ModelConfig:
+    hf = _hf_config(raw, "qwen3")
+    bias = bool(getattr(hf, "attention_bias", False))
+    return ModelConfig(
+        **_rotary_common(raw, hf, arch), activation=hf.hidden_act, qkv_bias=bias, out_bias=bias,
+        qk_norm=True, **_rope(raw, hf), **_windows(hf, hf.sliding_window, hf.num_hidden_layers),
+    )
+
+
+def _gemma_config(raw: dict, arch: str) -> ModelConfig:
+    gemma3 = arch == "Gemma3ForCausalLM"
+    hf = _hf_config(raw, "gemma3" if gemma3 else "gemma2")
+    if getattr(hf, "use_bidirectional_attention", False):
+        raise ValueError(f"{arch} with use_bidirectional_attention (an embedding model) is not "
+                         "a causal language model; unsupported")
+    if gemma3 and hf.sliding_window is None and "sliding_attention" in hf.layer_types:
+        raise ValueError("a Gemma 3 config with sliding layers but no sliding_window")
+    if gemma3:  # global and local rotary bases (and scalings), by layer type
+        rope = _rope(raw, hf, "full_attention")
+        local = _rope(raw, hf, "sliding_attention")
+        if "rope_long_inv_freq" in rope or "rope_long_inv_freq" in local:
+            raise ValueError("longrope scaling on Gemma 3 is unsupported")
+        rope |= {"local_rope_inv_freq": local["rope_inv_freq"],
+                 "local_rope_scaling_factor": local["rope_scaling_factor"]}
+    else:
+        rope = _rope(raw, hf)
+    bias = bool(getattr(hf, "attention_bias", False))
+    return ModelConfig(
+        **_rotary_common(raw, hf, arch), activation=hf.hidden_activation or "gelu_pytorch_tanh",
+        qkv_bias=bias, out_bias=bias, qk_norm=gemma3, gemma_norm=True, sandwich_norm=True,
+        embed_scale=hf.hidden_size**0.5, attn_scale=hf.query_pre_attn_scalar**-0.5,
+        # transformers' Gemma 3 attention never passes its softcap on: it does not cap
+        attn_softcap=None if gemma3 else hf.attn_logit_softcapping,
+        final_softcap=hf.final_logit_softcapping,
+        **rope, **_windows(hf, hf.sliding_window, hf.num_hidden_layers),
+    )
+
+
+def _phi3_config(raw: dict, arch: str) -> ModelConfig:
+    hf = _hf_config(raw, "phi3")
+    return ModelConfig(
+        **_rotary_common(raw, hf, arch), activation=hf.hidden_act, fused_qkv=True,
+        **_rope(raw, hf, partial=True),
+        **_windows(hf, getattr(hf, "sliding_window", None), hf.num_hidden_layers),
+    )
+
+
+_NEW_FAMILIES = {
+    "qwen3": _qwen3_config, "gemma2": _gemma_config, "gemma3": _gemma_config,
+    "phi3": _phi3_config,
+}

@@ -36,6 +36,7 @@ class BlockRunner:
         self.cache_tiers = choose_tiers([1] * entries, policy.cache)  # layer-major
         self.hidden_tiers = choose_tiers([1] * entries, policy.activations)
         self.hidden: dict[tuple[int, int], Placed] = {}
+        self.fresh_versions: dict[tuple[int, int], int] = {}  # prefill caches not yet stored
 
     def _entry(self, layer: int, batch: int) -> int:
         return layer * len(self.batches) + batch
@@ -56,8 +57,12 @@ class BlockRunner:
         batch = self.batches[batch_idx]
         entry = batch.caches.get(layer)
         if entry is None:  # prefill: a fresh buffer sized for the whole generation
-            shape = (2, len(batch.row_ids), self.cfg.num_kv_heads, batch.capacity, self.cfg.head_dim)
+            columns = self.layers[layer].cache_columns(batch.capacity)  # a ring when windowed
+            shape = (2, len(batch.row_ids), self.cfg.num_kv_heads, columns, self.cfg.head_dim)
             lease = self.tiers.empty(shape, self.dtype, f"KV cache of layer {layer}")
+            # the rows it is computed for: the head may re-select them (scoring) before the
+            # store, which runs on the I/O pool, gets to record them
+            self.fresh_versions[layer, batch_idx] = len(batch.keeps)
             if layer in self.prefix:
                 self._copy_prefix(self.prefix[layer], lease.tensor)
             return lease
@@ -66,7 +71,7 @@ class BlockRunner:
         else:
             lease = self.tiers.fetch(entry.placed, f"KV cache of layer {layer}")
         if entry.version < len(batch.keeps):  # rows finished since this cache was stored
-            tensor = batch.catch_up(entry, lease.tensor)
+            tensor = batch.catch_up(entry, lease.tensor, self.tiers.new_buffer)
             self.tiers.release(lease)
             lease = self.tiers.adopt(tensor, f"KV cache of layer {layer}")
         return lease
@@ -89,7 +94,7 @@ class BlockRunner:
         if entry is None:
             tier = self.cache_tiers[self._entry(layer, batch_idx)]
             entry = CacheEntry(self.tiers.hand_over(tier, lease, what, self.compress_cache),
-                               version=len(batch.keeps))
+                               version=self.fresh_versions.pop((layer, batch_idx)))
             batch.caches[layer] = entry
             return
         self.tiers.write_back(entry.placed, lease, what)
@@ -122,7 +127,7 @@ class BlockRunner:
                 out = math.embed(self.cfg, w, batch.ids.to(self.tiers.device), step)
             elif spec.kind == "decoder":
                 kv = (cache.tensor[0], cache.tensor[1])
-                out = math.decoder(self.cfg, w, hidden.tensor, kv, step)
+                out = math.decoder(self.cfg, w, hidden.tensor, kv, step, spec)
             else:
                 self.consumer.consume(batch, hidden.tensor, lambda x: math.head(self.cfg, w, x))
                 out = None

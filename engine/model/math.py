@@ -1,7 +1,7 @@
 """Layer math in plain torch, written to match HF transformers' numerics in fp32.
 
 Shapes: B batch rows, T new tokens, S attended columns, H heads, K kv heads, D head dim,
-C hidden size, E embedding width (OPT's word_embed_proj_dim), V vocabulary.
+C hidden size, E embedding width (OPT's word_embed_proj_dim), V vocabulary, R ring slots.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ModelConfig
+from engine.model.layers import LayerSpec
 from engine.model.step import StepInputs
 
 Weights = dict[str, torch.Tensor]
@@ -22,6 +23,7 @@ _ACTIVATIONS = {
     "silu": partial(F.silu, inplace=True),
     "gelu": F.gelu,
     "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),  # Gemma's GeGLU
 }
 
 
@@ -35,16 +37,32 @@ def norm(cfg: ModelConfig, w: Weights, name: str, x: torch.Tensor) -> torch.Tens
         return F.layer_norm(x, (x.shape[-1],), weight, w.get(f"{name}.bias"), cfg.norm_eps)
     x32 = x.float()  # RMSNorm in fp32, as HF does
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
+    if cfg.gemma_norm:  # Gemma scales in fp32 by (1 + w), then casts
+        return (x32 * (1.0 + weight.float())).to(x.dtype)
     return weight * x32.to(x.dtype)
 
 
-def rotary(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """positions [B, T] -> cos, sin [B, 1, T, D]."""
-    inv_freq = torch.tensor(cfg.rope_inv_freq, dtype=torch.float32, device=positions.device)
+def rotary(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype,
+           local: bool = False) -> tuple[torch.Tensor, ...]:
+    """positions [B, T] -> cos, sin [B, 1, T, rotary_dim].
+
+    LongRoPE, as transformers applies it: a step uses the long factors for a row when that
+    row's last new position reaches past `rope_original_max`, else the short ones (so keys
+    cached before a row crossed keep the short rotation)."""
+    if local and cfg.local_rope_inv_freq:
+        freq, scale = cfg.local_rope_inv_freq, cfg.local_rope_scaling_factor
+    else:
+        freq, scale = cfg.rope_inv_freq, cfg.rope_scaling_factor
+    inv_freq = torch.tensor(freq, dtype=torch.float32, device=positions.device)
+    if cfg.rope_long_inv_freq:
+        long_freq = torch.tensor(cfg.rope_long_inv_freq, dtype=torch.float32,
+                                 device=positions.device)
+        is_long = positions.amax(dim=-1, keepdim=True) + 1 > cfg.rope_original_max  # [B, 1]
+        inv_freq = torch.where(is_long, long_freq, inv_freq)[:, None, :]  # [B, 1, D/2]
     freqs = positions[..., None].float() * inv_freq  # [B, T, D/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
-    cos = (emb.cos() * cfg.rope_scaling_factor).to(dtype)[:, None]
-    sin = (emb.sin() * cfg.rope_scaling_factor).to(dtype)[:, None]
+    cos = (emb.cos() * scale).to(dtype)[:, None]
+    sin = (emb.sin() * scale).to(dtype)[:, None]
     return cos, sin
 
 
@@ -53,56 +71,134 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, D]; only the first rotary_dim dims rotate (Phi-3's partial rotary)."""
+    dim = cos.shape[-1]
+    if dim == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    rot, rest = x[..., :dim], x[..., dim:]
+    return torch.cat((rot * cos + _rotate_half(rot) * sin, rest), dim=-1)
+
+
 def embed(cfg: ModelConfig, w: Weights, ids: torch.Tensor, step: StepInputs) -> torch.Tensor:
     """ids [B, T] -> hidden [B, T, C]."""
     x = F.embedding(ids, w["tokens"])  # [B, T, E]
     if cfg.family == "llama":
+        if cfg.embed_scale is not None:  # Gemma: the scale rounded to the model dtype, as HF
+            x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype, device=x.device)
         return x
     if cfg.has_projection:
         x = linear(w, "project_in", x)  # [B, T, C]
     return x + F.embedding(step.positions + 2, w["positions"])
 
 
+def _qkv(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x [B, T, C] -> q [B, H, T, D], k and v [B, K, T, D] (before rotary)."""
+    B, T, _ = x.shape
+    q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    if cfg.fused_qkv:  # one GEMM, then views into its output (as HF's Phi-3)
+        qkv = linear(w, "qkv_proj", x)
+        q, k, v = qkv[..., :q_dim], qkv[..., q_dim : q_dim + kv_dim], qkv[..., q_dim + kv_dim :]
+    else:
+        q, k, v = linear(w, "q_proj", x), linear(w, "k_proj", x), linear(w, "v_proj", x)
+    q = q.view(B, T, cfg.num_heads, cfg.head_dim)
+    k = k.view(B, T, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:  # per head, over D, before rotary (Qwen3, Gemma 3)
+        q, k = norm(cfg, w, "q_norm", q), norm(cfg, w, "k_norm", k)
+    v = v.view(B, T, cfg.num_kv_heads, cfg.head_dim)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _attend(cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor) -> torch.Tensor:
+    """q [B, H, T, D], k and v [B, K, S, D], mask [B, 1, T, S] -> [B, H, T, D]."""
+    if cfg.attn_softcap is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=cfg.attn_scale,
+            enable_gqa=cfg.num_kv_heads != cfg.num_heads,
+        )
+    # Soft-capped scores (Gemma 2) are not something SDPA computes: HF's eager order, with
+    # the heads of a kv group stacked as rows of one matmul instead of repeating k and v.
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    scale = cfg.attn_scale if cfg.attn_scale is not None else D**-0.5
+    grouped = q.reshape(B, K, (H // K) * T, D)
+    scores = torch.matmul(grouped, k.transpose(2, 3)).view(B, H, T, S).mul_(scale)
+    cap = cfg.attn_softcap
+    scores = scores.div_(cap).tanh_().mul_(cap)
+    scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs.view(B, K, (H // K) * T, S), v).view(B, H, T, D)
+
+
 def attention(
     cfg: ModelConfig, w: Weights, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
-    step: StepInputs,
+    step: StepInputs, layer: LayerSpec | None = None,
 ) -> torch.Tensor:
-    """x [B, T, C]; kv: cache k, v [B, K, S_cap, D], written at columns start..start+T."""
+    """x [B, T, C]; kv: cache k, v [B, K, S_cap, D], written at columns start..start+T, or for
+    a sliding-window layer a ring [B, K, R, D] (see engine.model.step)."""
     B, T, _ = x.shape
-    q = linear(w, "q_proj", x).view(B, T, cfg.num_heads, cfg.head_dim).transpose(1, 2)  # [B,H,T,D]
-    k = linear(w, "k_proj", x).view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-    v = linear(w, "v_proj", x).view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+    q, k, v = _qkv(cfg, w, x)
     if cfg.family == "llama":
-        cos, sin = rotary(cfg, step.positions, q.dtype)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        cos, sin = rotary(cfg, step.positions, q.dtype, local=layer is not None and layer.local_rope)
+        q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
     cache_k, cache_v = kv
     home = cache_k.device  # the host, when attention runs where a host-resident cache lives
-    end = step.start + T
-    cache_k[:, :, step.start : end] = k.to(home)
-    cache_v[:, :, step.start : end] = v.to(home)
-    out = F.scaled_dot_product_attention(
-        q.to(home), cache_k[:, :, :end], cache_v[:, :, :end], attn_mask=step.mask.to(home),
-        enable_gqa=cfg.num_kv_heads != cfg.num_heads,
-    )  # [B, H, T, D]
+    q, k, v = q.to(home), k.to(home), v.to(home)
+    windowed = layer is not None and layer.window is not None and step.ring is not None
+    if windowed and cache_k.shape[2] == step.ring.size:
+        out = _ring_attention(cfg, q, k, v, cache_k, cache_v, step)
+    else:  # one column per position; a window, if any, in the mask
+        end = step.start + T
+        cache_k[:, :, step.start : end] = k
+        cache_v[:, :, step.start : end] = v
+        mask = step.window_mask if windowed else step.mask
+        out = _attend(cfg, q, cache_k[:, :, :end], cache_v[:, :, :end], mask.to(home))
     return linear(w, "o_proj", out.to(x.device).transpose(1, 2).reshape(B, T, -1))
+
+
+def _ring_attention(cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    cache_k: torch.Tensor, cache_v: torch.Tensor, step: StepInputs) -> torch.Tensor:
+    ring, home = step.ring, cache_k.device
+    rows, tokens, slots = ring.rows.to(home), ring.tokens.to(home), ring.slots.to(home)
+    mask = ring.mask.to(home)
+    if ring.write_first:  # decode: the new key overwrites one that no query needs any more
+        cache_k[rows, :, slots] = k[rows, :, tokens]
+        cache_v[rows, :, slots] = v[rows, :, tokens]
+        return _attend(cfg, q, cache_k, cache_v, mask)
+    keys, values = k, v
+    if ring.read_ring:  # a shared prefix (or earlier tokens) already in the ring
+        keys, values = torch.cat((cache_k, k), dim=2), torch.cat((cache_v, v), dim=2)
+    out = _attend(cfg, q, keys, values, mask)
+    cache_k[rows, :, slots] = k[rows, :, tokens]
+    cache_v[rows, :, slots] = v[rows, :, tokens]
+    return out
 
 
 def mlp(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> torch.Tensor:
     act = _ACTIVATIONS[cfg.activation]
     if cfg.family == "opt":
         return linear(w, "fc2", act(linear(w, "fc1", x)))
+    if cfg.fused_qkv:  # Phi-3: one GEMM for gate and up, split by views
+        gate, up = linear(w, "gate_up_proj", x).chunk(2, dim=-1)
+        return linear(w, "down_proj", up * act(gate))
     return linear(w, "down_proj", act(linear(w, "gate_proj", x)).mul_(linear(w, "up_proj", x)))
 
 
 def decoder(
     cfg: ModelConfig, w: Weights, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
-    step: StepInputs,
+    step: StepInputs, layer: LayerSpec | None = None,
 ) -> torch.Tensor:
-    """One decoder layer: x [B, T, C] -> [B, T, C]; pre-norm or OPT-350m's post-norm."""
+    """One decoder layer: x [B, T, C] -> [B, T, C]; pre-norm, Gemma's sandwich of norms, or
+    OPT-350m's post-norm. `layer` (its spec) says how it attends; None: globally."""
+    if cfg.sandwich_norm:
+        h = attention(cfg, w, norm(cfg, w, "attn_norm", x), kv, step, layer)
+        x = norm(cfg, w, "post_attn_norm", h).add_(x)
+        return norm(cfg, w, "post_mlp_norm", mlp(cfg, w, norm(cfg, w, "mlp_norm", x))).add_(x)
     if cfg.pre_norm:  # residual sums in place on the fresh branch outputs (a + x == x + a)
-        x = attention(cfg, w, norm(cfg, w, "attn_norm", x), kv, step).add_(x)
+        x = attention(cfg, w, norm(cfg, w, "attn_norm", x), kv, step, layer).add_(x)
         return mlp(cfg, w, norm(cfg, w, "mlp_norm", x)).add_(x)
-    x = norm(cfg, w, "attn_norm", attention(cfg, w, x, kv, step).add_(x))
+    x = norm(cfg, w, "attn_norm", attention(cfg, w, x, kv, step, layer).add_(x))
     return norm(cfg, w, "mlp_norm", mlp(cfg, w, x).add_(x))
 
 
@@ -112,4 +208,8 @@ def head(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> torch.Tensor:
         x = norm(cfg, w, "norm", x)
     if cfg.has_projection:
         x = linear(w, "project_out", x)  # [B, E]
-    return F.linear(x, w["lm_head"]).float()
+    logits = F.linear(x, w["lm_head"])
+    if cfg.final_softcap is not None:  # in the model dtype, as HF, before the cast
+        cap = cfg.final_softcap
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()

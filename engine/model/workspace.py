@@ -1,5 +1,7 @@
 """Bytes of the temporaries a layer's compute allocates, charged to the device tier while it
-runs (q/k/v, attention scores, MLP intermediates). Shared by the engine and the cost model."""
+runs (q/k/v, attention scores, MLP intermediates). Shared by the engine and the cost model.
+
+An upper bound for sliding-window layers too: they attend to at most `attended` columns."""
 
 from __future__ import annotations
 
@@ -16,5 +18,9 @@ def workspace_bytes(
         return 2 * rows * (cfg.vocab_size * 4 + cfg.hidden_size * itemsize)
     qkv = tokens * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
     scores = rows * cfg.num_heads * new_tokens * attended
+    if cfg.attn_softcap is not None:  # eager attention: the scores, and fp32 probabilities
+        scores = scores + scores * 4 // itemsize
+    if cfg.sliding_window is not None and new_tokens > 1:  # a ring read with the new keys
+        qkv += 2 * rows * cfg.num_kv_heads * min(cfg.sliding_window, attended) * cfg.head_dim
     mlp = tokens * cfg.intermediate_size * (3 if cfg.family == "llama" else 2)
     return itemsize * (3 * tokens * cfg.hidden_size + max(qkv + scores, mlp))

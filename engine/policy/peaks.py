@@ -2,18 +2,21 @@
 
 The engine charges its `Ledger` at a handful of points (see `engine.runner` and
 `engine.storage.tiers`): weight homes once; a fetch of anything not used where it lives charges
-the device until released (on a CPU host homes are used in place, and disk reads and writes go
-through page-aligned staging buffers); a prefill KV buffer is allocated on the device and then
-handed to its home; a hidden state is adopted on the device and homed by its store; a compute
-charges its workspace. `block_peaks` walks the very step list the executor runs (`token_steps`) and applies
-the same charges, for the shared-prefix block (if any), the prefill token and the last decode
-token of the largest block. Loads are charged when issued (the thread pool starts them at once);
+the device until released (on a CPU host homes are used in place); reads and writes of the disk
+tier go through staging buffers that the pool keeps, per tensor kind, until the block ends (as
+many of a kind as were ever in use at once: `_Ledger.take` / `give` mirror `BufferPool`); a
+prefill KV buffer is allocated on the device and then handed to its home; a hidden state is
+adopted on the device and homed by its store; a compute charges its workspace. `block_peaks`
+walks the very step list the executor runs (`token_steps`) and applies the same charges, for
+the shared-prefix block (if any), the prefill token and the last decode token of the largest
+block. Loads are charged when issued (the thread pool starts them at once);
 a store is counted as finishing only after the next compute, since on a busy box the pool may
 not get to it sooner: a slight overestimate that keeps plans inside their budgets.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,13 +28,13 @@ from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.model.workspace import workspace_bytes
 from engine.policy.memory import (
+    LayerFetch,
     cache_entry_bytes,
     entry_tiers,
-    fetched_bytes,
     hidden_bytes,
     quantized_bytes,
+    weight_fetches,
     weight_home_bytes,
-    weight_load_bytes,
 )
 from engine.policy.policy import TIERS, Policy
 from engine.schedule import (
@@ -44,6 +47,7 @@ from engine.schedule import (
     StoreHidden,
     token_steps,
 )
+from engine.storage.pool import padded_size
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,34 @@ class BlockShape:
 
 
 class _Ledger:
-    def __init__(self, homes: dict[str, int]) -> None:
+    def __init__(self, homes: dict[str, int], staging_tier: str) -> None:
         self.used = dict(homes)
         self.peak = dict(homes)
+        self.staging_tier = staging_tier
+        self._idle: Counter = Counter()  # staging kind -> buffers idle in the pool
+        self._staged = 0
 
     def add(self, tier: str, num_bytes: int) -> None:
         self.used[tier] += num_bytes
         self.peak[tier] = max(self.peak[tier], self.used[tier])
+
+    def take(self, kind: tuple, num_bytes: int) -> None:
+        """A staging buffer of `kind`: an idle one, else a new one charged until `trim`."""
+        if self._idle[kind]:
+            self._idle[kind] -= 1
+            return
+        size = padded_size(num_bytes)
+        self.add(self.staging_tier, size)
+        self._staged += size
+
+    def give(self, kind: tuple) -> None:
+        self._idle[kind] += 1
+
+    def trim(self) -> None:
+        """The block has ended: the pool drops its buffers."""
+        self.add(self.staging_tier, -self._staged)
+        self._staged = 0
+        self._idle.clear()
 
 
 @dataclass
@@ -85,13 +110,13 @@ class _Token:
     """What one token of one block charges: sizes per batch, tiers per (layer, batch)."""
 
     phase: str  # "prefill" | "decode"
-    cache: list[int]  # [batch] KV bytes of one layer
+    cache: list[list[int]]  # [layer][batch] KV bytes (a sliding-window layer's ring: fewer)
     hidden: list[int]  # [batch] bytes of a hidden state at this token
     work: list[list[int]]  # [layer][batch] compute workspace
     cache_tiers: list[list[str]]
     hidden_tiers: list[list[str]]
-    weight_loads: list[int]  # [layer]
-    cache_home: list[int] | None = None  # [batch] bytes a cache home holds (4-bit: smaller)
+    weight_loads: list[LayerFetch]  # [layer]
+    cache_home: list[list[int]] | None = None  # [layer][batch] bytes a home holds (4-bit)
     in_place: bool = False  # decode attends to a host cache where it lives
     prefix: list[tuple[str, int, int]] | None = None  # [layer] (tier, home bytes, full bytes)
     shared_ram: bool = False  # a CPU: host homes used in place, disk I/O through staging
@@ -100,12 +125,39 @@ class _Token:
     def compressed(self) -> bool:
         return self.cache_home is not None
 
-    def fetched(self, num_bytes: int, tier: str) -> int:
-        return fetched_bytes(num_bytes, tier, self.shared_ram)
+    def leased(self, num_bytes: int, tier: str) -> int:
+        """Device bytes a fetch from `tier` leases beside any staging buffer."""
+        if tier == "device" or (tier == "host" and self.in_place) or (
+                tier == "disk" and self.shared_ram):
+            return 0
+        return num_bytes
 
-    def staged_write(self, num_bytes: int, tier: str) -> int:
-        """Device bytes of the staging buffer a write to `tier` copies through."""
-        return self.fetched(num_bytes, tier) if tier == "disk" else 0
+
+_Release = tuple[str, int] | tuple[str, tuple]  # (tier, bytes) or ("give", staging kind)
+
+
+def _fetch(ledger: _Ledger, token: _Token, kind: tuple, num_bytes: int, tier: str) -> None:
+    """A load from `tier`: a staging buffer (disk; on a CPU it is the lease, given back when
+    the lease is released, elsewhere given back once copied over) and the device lease."""
+    if tier == "disk":
+        ledger.take(kind, num_bytes)
+        if not token.shared_ram:
+            ledger.give(kind)
+    ledger.add("device", token.leased(num_bytes, tier))
+
+
+def _unfetch(token: _Token, kind: tuple, num_bytes: int, tier: str) -> list[_Release]:
+    """The releases of a lease made by `_fetch`."""
+    staged: list[_Release] = [("give", kind)] if tier == "disk" and token.shared_ram else []
+    return [*staged, ("device", -token.leased(num_bytes, tier))]
+
+
+def _apply(ledger: _Ledger, releases: list[_Release]) -> None:
+    for tier, amount in releases:
+        if tier == "give":
+            ledger.give(amount)
+        else:
+            ledger.add(tier, amount)
 
 
 _OPS = {LoadWeights: 0, FreeWeights: 1, LoadCache: 2, LoadHidden: 3, Compute: 4, StoreCache: 5,
@@ -128,19 +180,19 @@ def _run_token(ledger: _Ledger, token: _Token, steps: tuple, lag: int) -> None:
     pending: dict[tuple, list] = {}  # in-flight store -> [computes left, its releases]
     for op, layer, batch in steps:
         if op <= 1:  # load / free a layer's weights
-            ledger.add("device", token.weight_loads[layer] * (1 if op == 0 else -1))
+            _weights(ledger, token.weight_loads[layer], load=op == 0)
         elif op == 2:
             _load_cache(ledger, token, layer, batch)
         elif op == 3:
             if (layer - 1, batch) in stored:
                 _settle(ledger, pending, ("hidden", layer - 1, batch))
-                ledger.add("device", _fetch_hidden(token, layer, batch))
+                _fetch_hidden(ledger, token, layer, batch)
             else:
                 deferred.add((layer, batch))
         elif op == 4:
             if (layer, batch) in deferred:
                 _settle(ledger, pending, ("hidden", layer - 1, batch))
-                ledger.add("device", _fetch_hidden(token, layer, batch))
+                _fetch_hidden(ledger, token, layer, batch)
             if layer > 0 and token.hidden_tiers[layer - 1][batch] != "device":
                 ledger.add(token.hidden_tiers[layer - 1][batch], -token.hidden[batch])
             _compute(ledger, token, layer, batch)
@@ -148,9 +200,9 @@ def _run_token(ledger: _Ledger, token: _Token, steps: tuple, lag: int) -> None:
                 _tick(ledger, pending)
         else:
             cache = op == 5
-            charges = (_store_cache(token, layer, batch) if cache else
-                       _store(token, token.hidden_tiers[layer][batch], token.hidden[batch], True))
-            releases = _charge_new_home(ledger, charges)
+            releases = (_store_cache(ledger, token, layer, batch) if cache else
+                        _store(ledger, token, token.hidden_tiers[layer][batch],
+                               ("hidden", token.hidden[batch]), token.hidden[batch]))
             key = ("cache" if cache else "hidden", layer, batch)
             pending[key] = [lag, releases]
             if not cache:
@@ -160,13 +212,16 @@ def _run_token(ledger: _Ledger, token: _Token, steps: tuple, lag: int) -> None:
     _settle(ledger, pending)
 
 
-def _charge_new_home(ledger: _Ledger, charges: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """A store allocates its new home first and releases the device lease when it is done:
-    charge the home now, return the release for later."""
-    for tier, num_bytes in charges:
-        if num_bytes > 0:
-            ledger.add(tier, num_bytes)
-    return [(tier, num_bytes) for tier, num_bytes in charges if num_bytes <= 0]
+def _weights(ledger: _Ledger, fetch: LayerFetch, load: bool) -> None:
+    """LoadWeights / FreeWeights of one layer: its device leases, and its disk tensors'
+    staging buffers (on a CPU kept as the leases until the free)."""
+    ledger.add("device", fetch.device if load else -fetch.device)
+    shared = ledger.staging_tier == "device"
+    for kind, num_bytes in fetch.staged:
+        if load:
+            ledger.take(kind, num_bytes)
+        if load != shared:  # a GPU gives it back once copied over; a CPU at the free
+            ledger.give(kind)
 
 
 def _tick(ledger: _Ledger, pending: dict[tuple, list]) -> None:
@@ -181,79 +236,91 @@ def _settle(ledger: _Ledger, pending: dict[tuple, list], key: tuple | None = Non
     """Finish the in-flight store `key` (all of them when None)."""
     keys = list(pending) if key is None else [key] if key in pending else []
     for done in keys:
-        for tier, num_bytes in pending.pop(done)[1]:
-            ledger.add(tier, num_bytes)
+        _apply(ledger, pending.pop(done)[1])
 
 
 def _load_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
-    tier, full = token.cache_tiers[layer][batch], token.cache[batch]
+    tier, full = token.cache_tiers[layer][batch], token.cache[layer][batch]
     if token.phase == "prefill":
         ledger.add("device", full)  # a fresh buffer for the whole generation
         if token.prefix is not None:  # the shared prefix, fetched, copied in and released
-            lease = _fetch_peak(token, *token.prefix[layer])
-            ledger.add("device", lease)
-            ledger.add("device", -lease)
+            _fetch_prefix(ledger, token, *token.prefix[layer])
     elif token.compressed:  # codes fetched, dequantized into a full lease, codes released
-        codes = token.fetched(token.cache_home[batch], tier)
-        ledger.add("device", codes + full)
-        ledger.add("device", -codes)
-    elif not (token.in_place and tier == "host"):
-        ledger.add("device", token.fetched(full, tier))
+        codes = ("codes", token.cache_home[layer][batch])
+        _fetch(ledger, token, codes, token.cache_home[layer][batch], tier)
+        ledger.add("device", full)
+        _apply(ledger, _unfetch(token, codes, token.cache_home[layer][batch], tier))
+    else:
+        _fetch(ledger, token, ("cache", full), full, tier)
 
 
-def _fetch_peak(token: _Token, tier: str, stored: int, full: int) -> int:
-    """Device bytes a fetch holds at its peak: the codes copied over (when not used in place)
-    and, when compressed, the full tensor they are dequantized into."""
-    return token.fetched(stored, tier) + (full if token.compressed else 0)
+def _fetch_prefix(ledger: _Ledger, token: _Token, tier: str, stored: int, full: int) -> None:
+    kind = ("codes" if token.compressed else "cache", stored)
+    _fetch(ledger, token, kind, stored, tier)
+    if token.compressed:
+        ledger.add("device", full)
+        ledger.add("device", -full)
+    _apply(ledger, _unfetch(token, kind, stored, tier))
 
 
-def _store_cache(token: _Token, layer: int, batch: int) -> list[tuple[str, int]]:
-    tier, full = token.cache_tiers[layer][batch], token.cache[batch]
+def _store_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> list[_Release]:
+    tier, full = token.cache_tiers[layer][batch], token.cache[layer][batch]
     if token.compressed:  # a new home of 4-bit codes on any tier, or a write-back of them
-        home = [(tier, token.cache_home[batch])] if token.phase == "prefill" else []
-        staged = token.staged_write(token.cache_home[batch], tier)
-        return [*home, ("device", staged), ("device", -full - staged)]
-    if token.in_place and tier == "host" and token.phase == "decode":
-        return []  # updated where it lives: nothing was charged
-    if token.phase == "decode":  # a write-back releases what the load charged
-        return _store(token, tier, token.fetched(full, tier), new_home=False)
-    return _store(token, tier, full, new_home=True)
+        codes = token.cache_home[layer][batch]
+        if token.phase == "prefill":
+            ledger.add(tier, codes)
+        releases = _staged_write(ledger, ("codes", codes), codes, tier)
+        return [*releases, ("device", -full)]
+    if token.phase == "decode":  # written back from its own staging buffer: release the lease
+        return [] if tier == "host" and token.in_place else _unfetch(token, ("cache", full), full,
+                                                                      tier)
+    return _store(ledger, token, tier, ("cache", full), full)
 
 
-def _fetch_hidden(token: _Token, layer: int, batch: int) -> int:
-    """Device bytes a hidden-state load charges: its size, unless its home was the device
-    (then the home's charge moves to the lease; on a CPU a host home too). The home off the
-    device is freed after the copy, counted at the compute that uses it, since the pool may
-    run the copy late."""
-    tier = token.hidden_tiers[layer - 1][batch]
-    return 0 if tier == "device" else _hidden_lease(token, layer, batch)
+def _staged_write(ledger: _Ledger, kind: tuple, num_bytes: int, tier: str) -> list[_Release]:
+    """A write to the disk copies through a staging buffer, given back when it is done."""
+    if tier != "disk":
+        return []
+    ledger.take(kind, num_bytes)
+    return [("give", kind)]
 
 
-def _hidden_lease(token: _Token, layer: int, batch: int) -> int:
-    """Device bytes the input lease of (layer, batch) holds until its compute releases it."""
-    tier = token.hidden_tiers[layer - 1][batch]
-    return token.fetched(token.hidden[batch], tier) or token.hidden[batch]
+def _store(ledger: _Ledger, token: _Token, tier: str, kind: tuple, num_bytes: int
+           ) -> list[_Release]:
+    """A new home: charged now; the device lease is released when the store is done (a disk
+    write copies through a staging buffer first). A device lease becomes the home."""
+    if tier == "device":
+        return []
+    ledger.add(tier, num_bytes)
+    return [*_staged_write(ledger, kind, num_bytes, tier), ("device", -num_bytes)]
+
+
+def _fetch_hidden(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
+    """A hidden-state load: off the device a fetch (a host home on a CPU: its charge moves to
+    the lease); a device home's charge moves to the lease. The home off the device is freed
+    after the copy, counted at the compute that uses it, since the pool may run the copy late."""
+    tier, size = token.hidden_tiers[layer - 1][batch], token.hidden[batch]
+    if tier == "host" and token.in_place:
+        ledger.add("device", size)
+    elif tier != "device":
+        _fetch(ledger, token, ("hidden", size), size, tier)
+
+
+def _release_hidden(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
+    tier, size = token.hidden_tiers[layer - 1][batch], token.hidden[batch]
+    if tier == "device" or (tier == "host" and token.in_place):
+        ledger.add("device", -size)
+    else:
+        _apply(ledger, _unfetch(token, ("hidden", size), size, tier))
 
 
 def _compute(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
     ledger.add("device", token.work[layer][batch])
     ledger.add("device", -token.work[layer][batch])
     if layer > 0:
-        ledger.add("device", -_hidden_lease(token, layer, batch))  # the input is released
+        _release_hidden(ledger, token, layer, batch)  # the input is released
     if layer < len(token.weight_loads) - 1:
         ledger.add("device", token.hidden[batch])  # the output is adopted
-
-
-def _store(token: _Token, tier: str, num_bytes: int, new_home: bool) -> list[tuple[str, int]]:
-    """Charges a store makes: a new home off the device takes the bytes from the device lease
-    (a disk write copies through a staging buffer first); a write-back to an existing home
-    only releases the lease (written from its own staging buffer)."""
-    if tier == "device":
-        return []  # the lease becomes the home (prefill) or was never charged (decode)
-    if new_home:
-        staged = token.staged_write(num_bytes, tier)
-        return [(tier, num_bytes), ("device", staged), ("device", -num_bytes - staged)]
-    return [("device", -num_bytes)]
 
 
 def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: BlockShape,
@@ -268,14 +335,16 @@ def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: Blo
     work = [by_kind[layer.kind] for layer in layers]
     return _Token(
         phase=phase,
-        cache=[cache_entry_bytes(cfg, shape.rows[b], shape.capacity(b), itemsize) for b in batches],
+        cache=[[cache_entry_bytes(cfg, shape.rows[b], layer.cache_columns(shape.capacity(b)),
+                                  itemsize) for b in batches] for layer in layers],
         hidden=[hidden_bytes(cfg, shape.rows[b], new[b], itemsize) for b in batches],
         work=work,
         cache_tiers=entry_tiers(len(layers), len(shape.rows), policy.cache),
         hidden_tiers=entry_tiers(len(layers), len(shape.rows), policy.activations),
-        weight_loads=weight_load_bytes(layers, policy, itemsize, shared_ram),
-        cache_home=[quantized_bytes(cfg, shape.rows[b], shape.capacity(b), itemsize)
-                    for b in batches] if policy.compress_cache else None,
+        weight_loads=weight_fetches(layers, policy, itemsize, shared_ram),
+        cache_home=[[quantized_bytes(cfg, shape.rows[b], layer.cache_columns(shape.capacity(b)),
+                                     itemsize) for b in batches] for layer in layers]
+        if policy.compress_cache else None,
         in_place=policy.cpu_attention or shared_ram,
         shared_ram=shared_ram,
     )
@@ -288,15 +357,18 @@ def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape
     or disk may trail (overlap on): 1 is what a quiet machine shows, 2 a bound for planning."""
     itemsize = dtype.itemsize
     lag = lag if policy.overlap else 0  # without overlap every step runs in order
-    ledger = _Ledger(weight_home_bytes(layers, policy, itemsize))
+    ledger = _Ledger(weight_home_bytes(layers, policy, itemsize),
+                     "device" if shared_ram else "host")
     has_cache = tuple(layer.kind == "decoder" for layer in layers)
     prefix = None
     if shape.prefix_len:  # the prefix runs first as a one-row block and keeps its caches
         one_row = BlockShape((1,), (shape.prefix_len,), 0)
         token = _token(cfg, layers, policy, one_row, itemsize, "prefill", shared_ram)
         _run_token(ledger, token, _compiled_steps(has_cache, 1, policy.overlap), lag)
-        stored = token.cache_home[0] if token.compressed else token.cache[0]
-        prefix = [(tiers[0], stored, token.cache[0]) for tiers in token.cache_tiers]
+        stored = token.cache_home if token.compressed else token.cache
+        prefix = [(tiers[0], stored[layer][0], token.cache[layer][0])
+                  for layer, tiers in enumerate(token.cache_tiers)]
+        ledger.trim()
     steps = _compiled_steps(has_cache, len(shape.rows), policy.overlap)
     phases = ("prefill", "decode") if shape.gen_len > 1 else ("prefill",)
     for phase in phases:
