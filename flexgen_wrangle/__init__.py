@@ -4,9 +4,10 @@
     llm = fw.LLM("path/to/model")
     fw.classify(texts, ["positive", "negative"], llm=llm)   # -> pa.StructArray {label, probability}
     df.flexgen.extract("body", {"vendor": "string", "total": "float"}, llm=llm)
+    fw.register_duckdb(con, llm)       # SQL: flexgen_classify(text, ['a', 'b']), ...
 
 Importing the package registers the `.flexgen` accessor on pandas DataFrames and Series when
-pandas is installed.
+pandas is installed. The DuckDB entry points import duckdb on first use, never before.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from flexgen_wrangle.template import Template
 __all__ = [
     "LLM", "ColumnNotFoundError", "ColumnTypeError", "LabelsError", "ParseError",
     "PipelineOptions", "RunStats", "SchemaError", "Template", "TemplateError", "WrangleError",
-    "classify", "extract", "generate", "map_reader",
+    "classify", "duckdb_apply", "extract", "generate", "map_reader", "register_duckdb",
+    "register_duckdb_extractor",
 ]
 
 
@@ -63,6 +65,27 @@ def map_reader(*args: Any, **kwargs: Any) -> pa.RecordBatchReader:
     from udfs.arrow_stream import map_reader as _map_reader
 
     return _map_reader(*args, **kwargs)
+
+
+def register_duckdb(con: Any, llm: LLM, **kwargs: Any) -> Any:
+    """`udfs.duckdb_udf.register_duckdb`: flexgen_classify / _extract / _generate in SQL."""
+    from udfs.duckdb_udf import register_duckdb as _register_duckdb
+
+    return _register_duckdb(con, llm, **kwargs)
+
+
+def register_duckdb_extractor(con: Any, name: str, schema: Any, llm: LLM, **kwargs: Any) -> Any:
+    """`udfs.duckdb_udf.register_duckdb_extractor`: `name(text)` -> a typed STRUCT."""
+    from udfs.duckdb_udf import register_duckdb_extractor as _register_extractor
+
+    return _register_extractor(con, name, schema, llm, **kwargs)
+
+
+def duckdb_apply(con: Any, query: str, task: str, llm: LLM | None = None, **kwargs: Any) -> Any:
+    """`udfs.duckdb_udf.duckdb_apply`: a query's rows streamed through the pipeline."""
+    from udfs.duckdb_udf import duckdb_apply as _duckdb_apply
+
+    return _duckdb_apply(con, query, task, llm=llm, **kwargs)
 
 
 def _register_pandas() -> None:

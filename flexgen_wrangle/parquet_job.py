@@ -1,112 +1,146 @@
-"""`flexgen-wrangle run`: a table file in, a Parquet file out, written in blocks and resumable.
+"""`flexgen-wrangle run`: a table in, a Parquet file out, block by block, resumable.
 
-Each block of `block_rows` input rows becomes one part file in `<output>.parts/`, written to a
-temporary name and renamed, so a killed run leaves only whole parts. `--resume` skips the
-blocks whose part exists (a manifest makes sure the parts came from the same job); at the end
-the parts are joined into the output file and the parts directory is removed.
+The input (`flexgen_wrangle.inputs`) is cut into blocks of `block_rows` rows; each block's rows
+and results become one part in `<output>.parts/` (`flexgen_wrangle.parts`), and at the end the
+parts are joined, in input order, into the output. A rerun with `resume=True` keeps every sound
+part, recomputes the rest, and refuses the parts of a different job (another input, model,
+task, arguments or block size), saying what differs. The engine placement chosen for the first
+computed block is pinned in the parts directory and reused by a resumed run, so every block is
+computed as an uninterrupted run computes it: the output is the same, row for row.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
-import shutil
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
+from flexgen_wrangle.errors import ColumnNotFoundError
+from flexgen_wrangle.inputs import TableInput
 from flexgen_wrangle.jobs import ColumnJob, append_columns, blocks
+from flexgen_wrangle.parts import PartsDir, digest, rows_digest
 from flexgen_wrangle.stats import RunStats
 
 logger = logging.getLogger(__name__)
+MANIFEST_VERSION = 2
+HASHED_BYTES = 64 << 20  # model files up to this size are identified by their content
 
 
-def open_table(path: Path) -> pa.RecordBatchReader:
-    """A lazy reader over a Parquet, CSV or Arrow IPC file."""
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise FileNotFoundError(f"input {path} does not exist")
-    if suffix == ".csv":
-        return pa_csv.open_csv(path)
-    if suffix in (".arrow", ".feather", ".ipc"):
-        return pa.RecordBatchReader.from_batches(*_ipc_batches(path))
-    parquet = pq.ParquetFile(path)
-    return pa.RecordBatchReader.from_batches(parquet.schema_arrow, parquet.iter_batches())
+@dataclass
+class JobResult:
+    state: str  # how the run found the output: fresh, resumed, joined or finished
+    stats: RunStats  # of the blocks this run computed
+    rows: int = 0  # rows of the output
+    blocks: int = 0
+    computed_blocks: int = 0
 
 
-def _ipc_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    source = pa.ipc.open_file(path)
-    return source.schema, (source.get_batch(idx) for idx in range(source.num_record_batches))
+def output_schema(job: ColumnJob, schema: pa.Schema, id_column: str | None) -> pa.Schema:
+    """All input columns and the results, or (`id_column`) the id and the results."""
+    if id_column is None:
+        return job.output_schema(schema)
+    return pa.schema([schema.field(id_column), *job.output_fields])
 
 
-class PartsDir:
-    """The staging directory of one output: a manifest and numbered part files."""
-
-    def __init__(self, output: Path, manifest: dict[str, Any]) -> None:
-        self.path = output.with_name(output.name + ".parts")
-        self.manifest = manifest
-
-    def prepare(self, resume: bool) -> None:
-        manifest_path = self.path / "manifest.json"
-        if resume and manifest_path.is_file():
-            found = json.loads(manifest_path.read_text())
-            if found != self.manifest:
-                raise ValueError(f"{self.path} holds parts of a different job ({found}); "
-                                 "remove it, or run without --resume to start over")
-            return
-        if self.path.exists():
-            logger.info("removing the earlier partial output %s", self.path)
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
-        manifest_path.write_text(json.dumps(self.manifest, indent=1))
-
-    def part(self, block_idx: int) -> Path:
-        return self.path / f"part-{block_idx:06d}.parquet"
-
-    def write(self, block_idx: int, batch: pa.RecordBatch) -> None:
-        temporary = self.path / f".part-{block_idx:06d}.tmp"
-        pq.write_table(pa.Table.from_batches([batch]), temporary)
-        os.replace(temporary, self.part(block_idx))
-
-    def join(self, output: Path, schema: pa.Schema) -> int:
-        """Concatenate the parts into `output` (atomically); returns the number of rows."""
-        temporary, rows = output.with_name(output.name + ".tmp"), 0
-        with pq.ParquetWriter(temporary, schema) as writer:
-            for part in sorted(self.path.glob("part-*.parquet")):
-                table = pq.read_table(part, schema=schema)
-                writer.write_table(table)
-                rows += table.num_rows
-        os.replace(temporary, output)
-        shutil.rmtree(self.path)
-        return rows
+def check_columns(job: ColumnJob, schema: pa.Schema, id_column: str | None) -> None:
+    """The job's input columns exist and hold text; the id column exists and is no result."""
+    job.check(schema)
+    if id_column is None:
+        return
+    if id_column not in schema.names:
+        raise ColumnNotFoundError(f"no such column (--id-column); columns are {schema.names}",
+                                  column=id_column)
+    if id_column in job.output_names:
+        raise ValueError(f"--id-column {id_column!r} is also the name of a result column")
 
 
-def run_file(job: ColumnJob, input_path: Path, output: Path, block_rows: int,
-             resume: bool = False) -> RunStats:
-    """Run `job` over the input file into `output`; returns the stats of the blocks computed."""
-    reader = open_table(input_path)
-    job.check(reader.schema)  # before any model work
-    schema = job.output_schema(reader.schema)
-    parts = PartsDir(output, _manifest(job, input_path, block_rows))
-    parts.prepare(resume)
-    total = RunStats(job.task.name)
-    for block_idx, batch in enumerate(blocks(reader, block_rows)):
-        if parts.part(block_idx).is_file():
-            continue
-        arrays = job.run(batch)
-        total.merge(job.llm.last_stats)
-        parts.write(block_idx, append_columns(batch, job, arrays))
-    parts.join(output, schema)
-    return total
+def model_fingerprint(model_dir: Path) -> dict[str, Any]:
+    """Each file's name and sha256 (16 hex; size and mtime for a file over `HASHED_BYTES`)."""
+    files = sorted(entry for entry in model_dir.iterdir() if entry.is_file())
+    return {"path": str(model_dir.resolve()),
+            "files": [[entry.name, digest(entry.read_bytes())]
+                      if entry.stat().st_size <= HASHED_BYTES else
+                      [entry.name, entry.stat().st_size, entry.stat().st_mtime_ns]
+                      for entry in files]}
 
 
-def _manifest(job: ColumnJob, input_path: Path, block_rows: int) -> dict[str, Any]:
-    stat = input_path.stat()
-    return {"input": str(input_path.resolve()), "input_bytes": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns, "block_rows": block_rows,
-            "model": str(Path(job.llm.model_dir).resolve()), "job": job.describe()}
+def manifest(job: ColumnJob, source: TableInput, block_rows: int,
+             id_column: str | None) -> dict[str, Any]:
+    """What the job computes: a resume must match every entry."""
+    return {"version": MANIFEST_VERSION, "input": source.fingerprint,
+            "model": model_fingerprint(Path(job.llm.model_dir)), "job": job.describe(),
+            "block_rows": block_rows, "id_column": id_column}
+
+
+def run_file(job: ColumnJob, source: TableInput, output: Path, block_rows: int,
+             resume: bool = False, id_column: str | None = None,
+             progress: bool = False) -> JobResult:
+    """Run `job` over `source` into `output` (columns already checked: `check_columns`)."""
+    schema = output_schema(job, source.reader.schema, id_column)
+    parts = PartsDir(output, manifest(job, source, block_rows, id_column))
+    result = JobResult(parts.start(resume), RunStats(job.task.name))
+    if result.state in ("joined", "finished") and not _same_rows(source, block_rows, parts):
+        logger.warning("%s: the input's rows are not those it was computed from; computing it "
+                       "again", output)
+        source, result.state = source.reopen(), parts.start(resume=False)
+    if result.state in ("fresh", "resumed"):
+        parts.join(schema, _compute_blocks(job, source, parts, block_rows, id_column, result,
+                                           progress))
+    if result.state != "finished":
+        parts.commit()
+    result.rows = pq.read_metadata(output).num_rows
+    return result
+
+
+def _same_rows(source: TableInput, block_rows: int, parts: PartsDir) -> bool:
+    """Whether the input's blocks are those the joined or finished output was computed from."""
+    found = [rows_digest(block) for block in blocks(source.reader, block_rows)]
+    return found == parts.done_blocks
+
+
+def _compute_blocks(job: ColumnJob, source: TableInput, parts: PartsDir, block_rows: int,
+                    id_column: str | None, result: JobResult, progress: bool) -> list[str]:
+    """Every block computed or kept, in order; returns their rows digests."""
+    pinned = parts.pinned_policy()
+    if pinned is not None:  # as the first run placed the engine, before it is built
+        job.llm.policy = policy_from_dict(pinned)
+    with tqdm(total=source.rows, unit="rows", desc=f"flexgen {job.kind}",
+              disable=not progress) as bar:
+        done, digests = 0, []  # rows shown one block late: the last block's by close(), once
+        for block_idx, block in enumerate(blocks(source.reader, block_rows)):
+            bar.update(done)
+            done = block.num_rows
+            digests.append(rows_digest(block))
+            if not parts.kept(block_idx, digests[-1]):
+                parts.write(block_idx, digests[-1], _compute(job, block, id_column, result.stats))
+                result.computed_blocks += 1
+                if pinned is None:
+                    pinned = dataclasses.asdict(job.llm.engine.policy)
+                    parts.pin_policy(pinned)
+            result.blocks += 1
+        bar.n += done
+    return digests
+
+
+def _compute(job: ColumnJob, block: pa.RecordBatch, id_column: str | None,
+             stats: RunStats) -> pa.RecordBatch:
+    arrays = job.run(block)
+    stats.merge(job.llm.last_stats)
+    if id_column is None:
+        return append_columns(block, job, arrays)
+    schema = pa.schema([block.schema.field(id_column), *job.output_fields])
+    return pa.RecordBatch.from_arrays([block.column(id_column), *arrays], schema=schema)
+
+
+def policy_from_dict(data: dict[str, Any]) -> Any:
+    """An `engine.Policy` from `dataclasses.asdict` of one."""
+    from engine import Placement, Policy
+
+    return Policy(**{name: Placement(**value) if isinstance(value, dict) else value
+                     for name, value in data.items()})

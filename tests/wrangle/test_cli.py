@@ -1,4 +1,4 @@
-"""`flexgen-wrangle`: run (Parquet out, in blocks, resumable), plan, demo's clear errors."""
+"""`flexgen-wrangle`: run (Parquet out, in blocks), its exit codes and --help, plan, demo."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flexgen_wrangle import cli, demo, parquet_job
+from flexgen_wrangle import cli, demo
 from flexgen_wrangle import llm as llm_module
 
 TEXTS = ["good", None, "bad", "good", "fine", "awful", "ok"]
@@ -35,7 +35,8 @@ def test_run_classify_writes_parquet(wrangle_model_dir, table_path, tmp_path, ca
     assert table.column("id").to_pylist() == list(range(len(TEXTS)))
     assert table.column("ans").is_null().to_pylist() == [text is None for text in TEXTS]
     assert not out.with_name("out.parquet.parts").exists()
-    assert "rows/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "rows/s" in printed and "3 of 3 blocks computed" in printed
 
 
 def test_run_extract_and_generate(wrangle_model_dir, table_path, tmp_path):
@@ -52,45 +53,39 @@ def test_run_extract_and_generate(wrangle_model_dir, table_path, tmp_path):
     assert pq.read_table(out).column("generated").null_count == 1
 
 
-def test_resume_skips_written_blocks(wrangle_model_dir, table_path, tmp_path, monkeypatch):
+def test_id_column_keeps_only_the_id_and_results(wrangle_model_dir, table_path, tmp_path):
     out = tmp_path / "out.parquet"
-    fresh = tmp_path / "fresh.parquet"
-    assert _run(wrangle_model_dir, table_path, fresh, "--classify", "yes,no") == 0
-    real_write, written = parquet_job.PartsDir.write, []
-
-    def crash_after_one(self, block_idx, batch):
-        if written:
-            raise KeyboardInterrupt  # killed while the second block was running
-        written.append(block_idx)
-        real_write(self, block_idx, batch)
-
-    monkeypatch.setattr(parquet_job.PartsDir, "write", crash_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        _run(wrangle_model_dir, table_path, out, "--classify", "yes,no")
-    monkeypatch.setattr(parquet_job.PartsDir, "write", real_write)
-    parts = out.with_name("out.parquet.parts")
-    assert [part.name for part in parts.glob("part-*")] == ["part-000000.parquet"]
-    assert _run(wrangle_model_dir, table_path, out, "--classify", "yes,no", "--resume") == 0
-    assert pq.read_table(out).equals(pq.read_table(fresh))
+    assert _run(wrangle_model_dir, table_path, out, "--classify", "yes,no", "--id-column",
+                "id") == 0
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "text_label", "text_label_probability"]
+    assert table.column("id").to_pylist() == list(range(len(TEXTS)))
 
 
-def test_resume_refuses_parts_of_another_job(wrangle_model_dir, table_path, tmp_path, capsys):
-    out = tmp_path / "out.parquet"
-    parts = out.with_name("out.parquet.parts")
-    parts.mkdir()
-    (parts / "manifest.json").write_text(json.dumps({"job": "something else"}))
-    assert _run(wrangle_model_dir, table_path, out, "--classify", "yes,no", "--resume") == 1
-    assert "different job" in capsys.readouterr().err
-
-
-def test_run_validates_before_model_work(wrangle_model_dir, table_path, tmp_path, capsys):
+def test_validation_is_exit_2_before_model_work(wrangle_model_dir, table_path, tmp_path, capsys):
     out = tmp_path / "out.parquet"
     argv = ["run", str(table_path), "--column", "nope", "--classify", "a,b", "--model",
             str(wrangle_model_dir), "--output", str(out)]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert "nope" in capsys.readouterr().err
-    assert cli.main([*argv[:3], "id", *argv[4:]]) == 1  # an integer column is not text
+    assert cli.main([*argv[:3], "id", *argv[4:]]) == 2  # an integer column is not text
     assert "text column" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name("out.parquet.parts").exists()
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["demo"]])
+def test_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: flexgen-wrangle" in capsys.readouterr().out
+
+
+def test_run_help_tells_formats_and_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "DuckDB" in text and "--resume" in text and "exit codes" in text
 
 
 def test_plan_command(wrangle_model_dir, capsys):
@@ -122,5 +117,5 @@ def test_demo_runs_end_to_end(wrangle_model_dir, tmp_path, monkeypatch, capsys):
     assert cli.main(["demo", "--rows", "0", "--no-progress"]) == 0
     out = capsys.readouterr().out
     for part in ("classify reviews", "classify tickets", "extract invoices", "accuracy", "rows/s",
-                 "plan:"):
+                 "plan:", "DuckDB", "STRUCT("):
         assert part in out
