@@ -103,6 +103,8 @@ def runner_command(ctx: Context, system: SystemSpec, batch: int | None,
         cmd += ["--policy", system.policy or "auto", "--offload-dir", str(offload_dir)]
         if system.share_prefix:
             cmd.append("--share-prefix")
+        if system.compression:
+            cmd.append("--allow-compression")
         if system.mode:
             cmd += ["--mode", system.mode]
         memory = ours_memory(ctx)
@@ -218,7 +220,7 @@ def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> di
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small variants (< 3 min each)")
-    parser.add_argument("--workload", action="append", choices=["1", "2", "3"],
+    parser.add_argument("--workload", action="append", choices=["1", "2", "3", "4"],
                         help="repeatable; default: 1 and 2 (3: wrangling, hours at full size)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

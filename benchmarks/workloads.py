@@ -33,12 +33,14 @@ class SystemSpec:
     mode: str | None = None  # pipeline only: "pipeline" (wrangling path) or "plain" (FlexGen)
     batches: tuple[int, ...] | None = None  # this peer's sweep (default: the workload's)
     optional: bool = False  # runs only when --systems names it (the llama.cpp / vLLM peers)
+    compression: bool = False  # ours only: the planner may choose 4-bit weights / KV cache
 
     @property
     def label(self) -> str:
         if self.mode:
             return f"{self.runner}:{self.mode}"
         label = f"{self.runner}:{self.policy}" if self.policy else self.runner
+        label += "+4bit" if self.compression else ""
         return label + "+prefix" if self.share_prefix else label
 
 
@@ -96,6 +98,20 @@ def _offload(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
                     kv_rows=max(batches), capped=True)
 
 
+def _flexgen_regime(key: str, rows: int, prompt_len: int, gen_len: int,
+                    batches: tuple[int, ...]) -> Workload:
+    """Issue 11: a model larger than its memory. Llama-3.2-1B's shape (GQA, 2.47 GB bf16) under
+    a cap of half its weights plus the KV allowance, so that no system can keep the weights in
+    RAM or in the page cache (the cap charges page cache). Peers at their best setting:
+    Accelerate's disk offload and llama.cpp reading its GGUF through mmap."""
+    llama = (SystemSpec("llamacpp", "bf16", sweep=True, batches=_slots(rows)),)
+    systems = (SystemSpec("accelerate_offload", sweep=True), SystemSpec("ours", "auto"),
+               SystemSpec("ours", "auto", compression=True), *llama)
+    return Workload(key, "FlexGen's regime: half of the weights fit in memory", "llama-1b-gqa",
+                    rows, prompt_len, gen_len, systems, peer_batches=batches,
+                    weight_budget_frac=0.5, kv_rows=max(batches), capped=True)
+
+
 def _wrangling(key: str, model: str, rows: int, prefix_len: int, median_row: int,
                gen_len: int, batches: tuple[int, ...]) -> Workload:
     systems = (SystemSpec("pipeline", mode="plain"), SystemSpec("pipeline", mode="pipeline"),
@@ -120,13 +136,15 @@ WORKLOADS: dict[str, Workload] = {
     # opt-125m: HF prefills ~0.95M ids per run here (~10 min per run on 2 cores at 1.3B: hours)
     "3": _wrangling("3", "opt-125m", 2000, 400, 64, 8, (16, 32, 64)),
     "3-quick": _wrangling("3-quick", "opt-125m", 96, 64, 16, 8, (32, 96)),
+    "4": _flexgen_regime("4", 256, 64, 32, (32, 64)),
+    "4-quick": _flexgen_regime("4-quick", 64, 64, 8, (32, 64)),
 }
 
 
 def get_workload(number: str, quick: bool) -> Workload:
     key = f"{number}-quick" if quick else number
     if key not in WORKLOADS:
-        raise ValueError(f"unknown workload {number!r}; workloads are 1, 2, 3")
+        raise ValueError(f"unknown workload {number!r}; workloads are 1, 2, 3, 4")
     return WORKLOADS[key]
 
 

@@ -36,6 +36,11 @@ class QuantMeta:
         return self.packed_bytes + 2 * self.num_groups * self.dtype.itemsize
 
 
+def quant_ratio(dtype: torch.dtype, group_size: int = 64) -> float:
+    """Bytes of 4-bit codes plus group min and scale per byte of the `dtype` tensor."""
+    return (group_size // 2 + 2 * dtype.itemsize) / (group_size * dtype.itemsize)
+
+
 def plan_quant(
     shape: tuple[int, ...], dtype: torch.dtype, group_size: int = 64, dim: int = -1
 ) -> QuantMeta:

@@ -76,6 +76,7 @@ def nominal_workload(cfg: ModelConfig) -> Workload:
 def default_policy(
     cfg: ModelConfig, layers: list[LayerSpec], dtype: torch.dtype, budgets: dict[str, int],
     device: torch.device | None = None, offload_dir: str | Path | None = None,
+    allow_compression: bool = False,
 ) -> Policy:
     """The LP solver's policy for a nominal workload on this machine's measured profile.
     Raises MemoryBudgetError (with the minimum and the tier) when not even one row fits."""
@@ -85,4 +86,5 @@ def default_policy(
     except OSError as err:  # nowhere to measure the disk: plan with typical rates
         logger.warning("cannot measure this machine (%s); planning with typical rates", err)
         profile = nominal_profile(device.type)
-    return solve(cfg, layers, nominal_workload(cfg), budgets, profile, dtype).policy
+    return solve(cfg, layers, nominal_workload(cfg), budgets, profile, dtype,
+                 allow_compression).policy

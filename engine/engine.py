@@ -57,15 +57,18 @@ class Engine:
         cls, model_dir: str | Path, policy: Policy | str | None = None,
         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
         offload_dir: str | Path | None = None, memory: dict[str, str | int] | None = None,
-        progress: bool = False,
+        progress: bool = False, allow_compression: bool = False,
     ) -> Engine:
+        """`policy` None / "auto": planned for a nominal workload on this machine's measured
+        profile; 4-bit weights / KV cache (outputs change) only with `allow_compression`."""
         cfg = ModelConfig.from_pretrained(model_dir)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, cfg, device)
         budgets = default_budgets(device, offload_dir, memory)
         layers = layer_specs(cfg)
         if policy is None or policy == "auto":
-            policy = default_policy(cfg, layers, dtype, budgets, device, offload_dir)
+            policy = default_policy(cfg, layers, dtype, budgets, device, offload_dir,
+                                    allow_compression)
         elif not isinstance(policy, Policy):
             raise TypeError(f"policy must be None, 'auto' or a Policy, got {policy!r}")
         _check_fits(cfg, layers, policy, dtype, budgets, shared_ram=device.type == "cpu")

@@ -41,17 +41,20 @@ class LLM:
     policy: "auto" (the planner places the engine for the first column it runs, taken as at
     least `MIN_PLANNED_ROWS` rows), None (the engine's default policy), or an `engine.Policy`.
     memory: budgets per tier, e.g. {"device": "2GiB", "host": "8GiB"}.
+    allow_compression: the planner may choose 4-bit weights / KV cache, which change outputs
+    (off by default; the demo model's accuracy with them is in README.md).
     """
 
     def __init__(self, model_dir: str | Path, memory: dict[str, str | int] | None = None,
                  policy: Any = "auto", progress: bool = True, dtype: torch.dtype | None = None,
                  device: str | None = None, offload_dir: str | Path | None = None,
-                 use_chat: bool | None = None) -> None:
+                 use_chat: bool | None = None, allow_compression: bool = False) -> None:
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{self.model_dir} has no config.json: not a model directory")
         self.memory, self.policy, self.progress = memory, policy, progress
         self.dtype, self.device, self.offload_dir, self.use_chat = dtype, device, offload_dir, use_chat
+        self.allow_compression = allow_compression
         self.config = ModelConfig.from_pretrained(self.model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.encoder = PromptEncoder(self.tokenizer, use_chat)
@@ -99,7 +102,8 @@ class LLM:
                             gen_len=max(gen_len, 1), shared_prefix=shared_prefix)
         try:
             self.plan = plan(self.model_dir, workload, memory=self.memory, device=self.device,
-                             dtype=self.dtype, offload_dir=self.offload_dir)
+                             dtype=self.dtype, offload_dir=self.offload_dir,
+                             allow_compression=self.allow_compression)
         except Exception as err:  # planning is an optimisation: never fail the column for it
             logger.warning("planning failed (%s); using the engine's default policy", err)
             return "auto"
@@ -110,6 +114,7 @@ class LLM:
         self._engine = Engine.from_pretrained(
             self.model_dir, policy=policy, device=self.device, dtype=self.dtype,
             offload_dir=self.offload_dir, memory=self.memory,
+            allow_compression=self.allow_compression,
         )
 
     @property
@@ -142,7 +147,7 @@ class LLM:
 
     def __reduce__(self) -> tuple:  # ship the recipe, not the placed weights (Ray, pools)
         return (_rebuild, (self.model_dir, self.memory, self.policy, self.progress, self.dtype,
-                           self.device, self.offload_dir, self.use_chat))
+                           self.device, self.offload_dir, self.use_chat, self.allow_compression))
 
     def __repr__(self) -> str:
         state = "engine built" if self._engine is not None else "engine not built"

@@ -132,7 +132,8 @@ def load_engine(args: argparse.Namespace, prompts: list[list[int]], offload_dir:
         workload = Workload(rows=len(prompts), prompt_len=dict(lengths), gen_len=args.gen_len,
                             shared_prefix=prefix)
         policy = plan(args.model, workload, memory=memory, device=args.device,
-                      dtype=torch.bfloat16, offload_dir=offload_dir).policy
+                      dtype=torch.bfloat16, offload_dir=offload_dir,
+                      allow_compression=args.allow_compression).policy
     return Engine.from_pretrained(
         str(args.model), policy=policy, device=args.device, dtype=torch.bfloat16,
         offload_dir=str(offload_dir), memory=memory,
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy", default="auto", help="auto | none | hand policy | JSON")
     parser.add_argument("--memory", default=None, help='JSON: {"device": "2GiB", ...}')
     parser.add_argument("--offload-dir", type=Path, default=None, help="parent of the folder")
+    parser.add_argument("--allow-compression", action="store_true",
+                        help="auto may choose 4-bit weights / KV cache (outputs change)")
     parser.add_argument("--share-prefix", action="store_true",
                         help="pass the first --prefix-len ids as the engine's shared prefix")
     emit(run(parser.parse_args(argv)))

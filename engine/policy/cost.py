@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.compression import quant_ratio
 from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.policy.hardware import HardwareProfile
@@ -22,6 +23,18 @@ from engine.policy.memory import cache_entry_bytes, hidden_bytes
 
 KINDS = ("embed", "decoder", "head")
 Expr = dict[str, float]  # fraction name ("cache.disk") -> seconds per unit of that fraction
+
+
+@dataclass(frozen=True)
+class Compression:
+    """What a policy holds as 4-bit group-wise codes: fewer bytes on every link and in every
+    home, and a dequantization (a quantization for a stored cache) at every use."""
+
+    weights: bool = False
+    cache: bool = False
+
+
+EXACT = Compression()
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,8 @@ class _Mover:
 
     def fetch(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1,
               from_host: bool = True) -> None:
-        if from_host:
+        """On a CPU a host home is used in place: nothing crosses host->device."""
+        if from_host and self.gpu:
             cost.io("host->device", f"{what}.host", num_bytes / self.bw["host->device"])
         cost.io("disk->host", f"{what}.disk", num_bytes / self.bw["disk->host"] + files * self.latency)
         if self.gpu:  # disk reads land in host memory, then cross to the GPU
@@ -65,7 +79,7 @@ class _Mover:
 
     def store(self, cost: LayerCost, what: str, num_bytes: float, files: float = 1,
               to_host: bool = True) -> None:
-        if to_host:
+        if to_host and self.gpu:
             cost.io("device->host", f"{what}.host", num_bytes / self.bw["device->host"])
         cost.io("host->disk", f"{what}.disk",
                 num_bytes / self.bw["host->disk"] + files * self.write_latency)
@@ -80,6 +94,11 @@ def _weight_stats(layer: LayerSpec, itemsize: int) -> tuple[int, int, int]:
     matmul = sum(size for spec, size in zip(layer.weights, sizes, strict=True)
                  if len(spec.shape) == 2 and spec.name not in gathered)
     return sum(sizes) * itemsize, len(sizes), matmul
+
+
+def _stored_matrices(layer: LayerSpec) -> int:
+    """Elements of the layer's 2-D weights: what 4-bit compression packs."""
+    return sum(int(torch.Size(spec.shape).numel()) for spec in layer.weights if len(spec.shape) == 2)
 
 
 def _compute_s(cfg: ModelConfig, layer: LayerSpec, batch: Batch, new: int, attended: float,
@@ -122,16 +141,21 @@ def _cache_io(cost: LayerCost, mover: _Mover, cache: int, phase: str, in_place: 
 def token_costs(
     cfg: ModelConfig, layers: list[LayerSpec], batches: list[Batch], gen_len: int,
     prefix_len: int, phase: str, profile: HardwareProfile, dtype: torch.dtype,
-    cpu_attention: bool = False,
+    cpu_attention: bool = False, compression: Compression = EXACT,
 ) -> dict[str, LayerCost]:
     """Per layer kind, the cost of one token of a block of `batches` (decode: an average step)."""
     mover, itemsize = _Mover(profile), dtype.itemsize
     in_place = cpu_attention and phase == "decode"
+    ratio = quant_ratio(dtype)
     costs: dict[str, LayerCost] = {}
     for kind in KINDS:
         layer = next(spec for spec in layers if spec.kind == kind)
         weight_bytes, tensors, _ = _weight_stats(layer, itemsize)
         cost = LayerCost(sum(spec.kind == kind for spec in layers), 0.0)
+        if compression.weights:  # every use dequantizes the codes, wherever they live
+            packed = _stored_matrices(layer)
+            weight_bytes -= packed * itemsize * (1 - ratio)
+            cost.compute_s += packed / profile.dequant_rate
         mover.fetch(cost, "weights", weight_bytes, tensors)
         for batch in batches:
             new = batch.width if phase == "prefill" else 1
@@ -145,8 +169,11 @@ def token_costs(
                 mover.fetch(cost, "activations", hidden)
             if kind == "decoder":
                 capacity = prefix_len + batch.width + gen_len
-                _cache_io(cost, mover, cache_entry_bytes(cfg, batch.rows, capacity, itemsize),
-                          phase, in_place)
+                cache = cache_entry_bytes(cfg, batch.rows, capacity, itemsize)
+                if compression.cache:  # dequantized at each load, quantized at each store
+                    cost.compute_s += 2 * cache / itemsize / profile.dequant_rate
+                    cache = int(cache * ratio)
+                _cache_io(cost, mover, cache, phase, in_place)
                 if in_place:
                     _attend_on_host(cost, cfg, batch, attended, attention_s, mover, profile,
                                     itemsize)

@@ -27,7 +27,7 @@ from engine.memory_limit import available_memory
 
 logger = logging.getLogger(__name__)
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 LINKS = ("disk->host", "host->disk", "host->device", "device->host", "device->device")
 
 
@@ -41,6 +41,7 @@ class HardwareProfile:
     call_overhead_s: float  # fixed cost of one layer compute in the engine (dispatch, Python)
     disk_latency_s: float  # fixed cost of one offload-file read
     disk_write_latency_s: float  # fixed cost of one offload-file write (it syncs)
+    dequant_rate: float  # elements/s that 4-bit codes are dequantized (or quantized) at
     key: str = ""
     version: int = PROFILE_VERSION
 
@@ -79,7 +80,7 @@ def nominal_profile(device: str) -> HardwareProfile:
         matmul_flops={"float32": 20e12 if gpu else 100e9, "bfloat16": 150e12 if gpu else 200e9,
                       "float16": 150e12 if gpu else 200e9},
         cpu_attention_flops=20e9, call_overhead_s=1e-4, disk_latency_s=1e-4,
-        disk_write_latency_s=2e-3, key="nominal")
+        disk_write_latency_s=2e-3, dequant_rate=50e9 if gpu else 0.3e9, key="nominal")
 
 
 def cache_dir() -> Path:

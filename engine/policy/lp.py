@@ -18,10 +18,11 @@ from itertools import pairwise
 import pulp
 import torch
 
+from engine.compression import quant_ratio
 from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.model.workspace import workspace_bytes
-from engine.policy.cost import LayerCost
+from engine.policy.cost import EXACT, Compression, LayerCost
 from engine.policy.memory import cache_entry_bytes, hidden_bytes
 from engine.policy.peaks import BlockShape
 from engine.policy.policy import TIERS
@@ -45,11 +46,14 @@ class MemoryTerms:
 
 
 def memory_terms(cfg: ModelConfig, layers: list[LayerSpec], shape: BlockShape, dtype: torch.dtype,
-                 overlap: bool, lag: int) -> MemoryTerms:
+                 overlap: bool, lag: int, compression: Compression = EXACT) -> MemoryTerms:
+    """4-bit homes hold `quant_ratio` of the bytes; their loads are dequantized to full size."""
     itemsize, batches = dtype.itemsize, range(len(shape.rows))
     layer_bytes = [sum(int(torch.Size(s.shape).numel()) for s in layer.weights) * itemsize
                    for layer in layers]
     window = max(a + b for a, b in pairwise(layer_bytes)) if overlap else max(layer_bytes)
+    weight_scale = quant_ratio(dtype) if compression.weights else 1.0
+    cache_scale = quant_ratio(dtype) if compression.cache else 1.0
     in_flight = 2 + lag if overlap else 1  # this compute's, the next one's, trailing stores
     caches = [cache_entry_bytes(cfg, shape.rows[b], shape.capacity(b), itemsize) for b in batches]
     decoders = sum(layer.kind == "decoder" for layer in layers)
@@ -64,7 +68,8 @@ def memory_terms(cfg: ModelConfig, layers: list[LayerSpec], shape: BlockShape, d
         work[phase] = max(workspace_bytes(cfg, kind, shape.rows[b], new[b],
                                           shape.prefix_len + shape.widths[b] + later, itemsize)
                           for kind in kinds for b in batches)
-    return MemoryTerms(sum(layer_bytes), window, decoders * (sum(caches) + prefix),
+    return MemoryTerms(int(sum(layer_bytes) * weight_scale), window,
+                       int(decoders * (sum(caches) + prefix) * cache_scale),
                        in_flight * max(caches) + prefix, hidden, lease, work)
 
 

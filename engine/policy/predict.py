@@ -10,7 +10,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.model import LayerSpec
-from engine.policy.cost import KINDS, Batch, token_costs, token_seconds
+from engine.policy.cost import KINDS, Batch, Compression, token_costs, token_seconds
 from engine.policy.hardware import HardwareProfile
 from engine.policy.memory import entry_tiers
 from engine.policy.peaks import BlockShape, block_peaks
@@ -80,22 +80,28 @@ def table_seconds(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, wor
     """(prefill s of a full block, decode s of a full block, total s of the table)."""
     fractions = policy_fractions(layers, policy, dtype.itemsize)
     groups = table_blocks(workload.lengths(), policy.gpu_batch_size, policy.num_gpu_batches)
-    total, per_block = _prefix_seconds(cfg, layers, workload, profile, dtype, fractions), []
+    total, per_block = _prefix_seconds(cfg, layers, workload, profile, dtype, fractions,
+                                       compression_of(policy)), []
     for count, batches in groups:
         prefill, decode = (token_seconds(
             token_costs(cfg, layers, batches, workload.gen_len, workload.shared_prefix, phase,
-                        profile, dtype, policy.cpu_attention), fractions, policy.overlap)
+                        profile, dtype, policy.cpu_attention, compression_of(policy)),
+            fractions, policy.overlap)
             for phase in ("prefill", "decode"))
         per_block.append((prefill, decode * (workload.gen_len - 1)))
         total += count * sum(per_block[-1])
     return *per_block[0], total
 
 
-def _prefix_seconds(cfg, layers, workload, profile, dtype, fractions) -> float:
+def compression_of(policy: Policy) -> Compression:
+    return Compression(policy.compress_weights, policy.compress_cache)
+
+
+def _prefix_seconds(cfg, layers, workload, profile, dtype, fractions, compression) -> float:
     if not workload.shared_prefix:
         return 0.0
     costs = token_costs(cfg, layers, [Batch(1, workload.shared_prefix)], 0, 0, "prefill",
-                        profile, dtype)
+                        profile, dtype, compression=compression)
     return token_seconds(costs, fractions, overlap=True)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine.compression import dequantize, quantize
 from engine.config import ModelConfig
 from engine.model import layer_specs, math
 from engine.model.step import StepInputs
@@ -96,6 +97,14 @@ def cpu_attention_flops(rows: int = 4, heads: int = 16, keys: int = 1024, dim: i
     return 4 * rows * heads * keys * dim / seconds
 
 
+def dequant_rate(device: str, rows: int = 1024, cols: int = 1024) -> float:
+    """Elements/s at which the engine dequantizes 4-bit weights (`engine.compression`)."""
+    flat, meta = quantize(torch.randn(rows, cols, device=device).to(torch.bfloat16))
+    with torch.inference_mode():
+        seconds = _best(lambda: dequantize(flat, meta), 3, _sync(device))
+    return rows * cols / seconds
+
+
 def call_overhead(device: str) -> float:
     """Seconds of one tiny decoder-layer compute plus a thread-pool round trip: the fixed cost
     the engine pays per (layer, GPU batch) however small the work."""
@@ -140,4 +149,5 @@ def measure_profile(device: str, offload_dir: str | Path | None = None) -> Hardw
         call_overhead_s=call_overhead(device),
         disk_latency_s=rates["read_latency"],
         disk_write_latency_s=rates["write_latency"],
+        dequant_rate=dequant_rate(device),
     )

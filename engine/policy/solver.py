@@ -11,13 +11,14 @@ candidate is solved again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 import torch
 
 from engine.config import ModelConfig
 from engine.model import LayerSpec
-from engine.policy.cost import LayerCost, layer_seconds, token_costs
+from engine.policy.cost import EXACT, Compression, LayerCost, layer_seconds, token_costs
 from engine.policy.hardware import HardwareProfile
 from engine.policy.lp import PHASES, MemoryTerms, memory_terms, solve_lp
 from engine.policy.peaks import BlockShape, block_peaks
@@ -25,6 +26,7 @@ from engine.policy.policy import TIERS, Placement, Policy
 from engine.policy.predict import (
     PLANNING_LAG,
     Prediction,
+    compression_of,
     policy_fractions,
     predict,
     table_blocks,
@@ -37,6 +39,8 @@ from engine.storage.ledger import format_bytes
 MAX_GPU_BATCH = 1024  # beyond this a bigger GPU batch buys nothing but workspace
 MAX_GPU_BATCHES = 64
 REFITS = 4  # LP re-solves per candidate when rounding overshoots a budget
+# with compression allowed: 4-bit weights alone (the KV cache exact), or weights and KV cache
+COMPRESSIONS = (EXACT, Compression(weights=True), Compression(weights=True, cache=True))
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,15 @@ def candidates(rows: int) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
-def _groups(problem: _Problem, size: int, count: int, cpu_attention: bool = False) -> list:
+def _groups(problem: _Problem, size: int, count: int, cpu_attention: bool = False,
+            compression: Compression = EXACT) -> list:
     """[(blocks, {phase: {kind: LayerCost}})]: the cost expressions of each block group."""
     wl = problem.workload
     groups = []
     for blocks, batches in table_blocks(problem.lengths, size, count):
         phases = {phase: token_costs(problem.cfg, problem.layers, batches, wl.gen_len,
                                      wl.shared_prefix, phase, problem.profile, problem.dtype,
-                                     cpu_attention)
+                                     cpu_attention, compression)
                   for phase in PHASES}
         if wl.gen_len == 1:
             phases.pop("decode")
@@ -106,30 +111,33 @@ def _bound(problem: _Problem, groups: list, terms: MemoryTerms, overlap: bool) -
 
 
 def _round(size: int, count: int, fractions: dict[str, float], overlap: bool,
-           cpu_attention: bool) -> Policy:
+           cpu_attention: bool, compression: Compression) -> Policy:
     def placement(what: str) -> Placement:
         device = round(100 * fractions[f"{what}.device"], 1)
         host = min(round(100 * fractions[f"{what}.host"], 1), 100 - device)
         return Placement(device, host, round(100 - device - host, 1))
 
     return Policy(size, count, placement("weights"), placement("cache"), placement("activations"),
-                  overlap=overlap, cpu_attention=cpu_attention)
+                  overlap=overlap, cpu_attention=cpu_attention,
+                  compress_weights=compression.weights, compress_cache=compression.cache)
 
 
 def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list,
-         beat: float = float("inf"), cpu_attention: bool = False) -> Policy | None:
+         beat: float = float("inf"), cpu_attention: bool = False,
+         compression: Compression = EXACT) -> Policy | None:
     """The LP's placement for this candidate, rounded to a policy whose replayed peaks fit the
     budgets; None when nothing fits or the LP already says it cannot beat `beat` seconds."""
     wl = problem.workload
     shape = BlockShape.first_block(problem.lengths, Policy(size, count), wl.gen_len,
                                    wl.shared_prefix)
-    terms = memory_terms(problem.cfg, problem.layers, shape, problem.dtype, overlap, PLANNING_LAG)
+    terms = memory_terms(problem.cfg, problem.layers, shape, problem.dtype, overlap, PLANNING_LAG,
+                         compression)
     budgets = {tier: float(problem.budgets[tier]) for tier in TIERS}
     for _ in range(REFITS + 1):
         result = solve_lp(terms, groups, wl.gen_len, budgets, overlap)
         if result is None or result.seconds >= beat:
             return None
-        policy = _round(size, count, result.fractions, overlap, cpu_attention)
+        policy = _round(size, count, result.fractions, overlap, cpu_attention, compression)
         peaks = block_peaks(problem.cfg, problem.layers, policy, shape, problem.dtype,
                             problem.profile.device == "cpu", lag=PLANNING_LAG)
         over = {tier: peaks[tier] - problem.budgets[tier] for tier in TIERS
@@ -163,21 +171,24 @@ def _minimum_check(problem: _Problem) -> None:
             f"device's working set); their budgets total {format_bytes(spare)}")
 
 
-def _search(problem: _Problem) -> Policy | None:
+def _search(problem: _Problem, compressions: tuple[Compression, ...]) -> Policy | None:
+    """The fastest policy over block shapes, overlap on / off and the allowed compressions;
+    candidates are tried in order of the time no placement of theirs can beat."""
     entries = []
-    for size, count in candidates(problem.workload.rows):
-        groups = _groups(problem, size, count)
+    for (size, count), compression in product(candidates(problem.workload.rows), compressions):
+        groups = _groups(problem, size, count, compression=compression)
         shape = BlockShape.first_block(problem.lengths, Policy(size, count),
                                        problem.workload.gen_len, problem.workload.shared_prefix)
-        terms = memory_terms(problem.cfg, problem.layers, shape, problem.dtype, True, 0)
+        terms = memory_terms(problem.cfg, problem.layers, shape, problem.dtype, True, 0,
+                             compression)
         entries += [(_bound(problem, groups, terms, overlap), -size * count, size, count, overlap,
-                     groups) for overlap in (True, False)]
+                     groups, compression) for overlap in (True, False)]
     entries.sort(key=lambda entry: entry[:2])
     best, best_s = None, float("inf")
-    for bound, _, size, count, overlap, groups in entries:
+    for bound, _, size, count, overlap, groups, compression in entries:
         if bound >= best_s:
             break
-        for policy in _placements(problem, size, count, overlap, groups, best_s):
+        for policy in _placements(problem, size, count, overlap, groups, best_s, compression):
             seconds = table_seconds(problem.cfg, problem.layers, policy, problem.workload,
                                     problem.profile, problem.dtype)[2]
             if seconds < best_s:
@@ -186,14 +197,16 @@ def _search(problem: _Problem) -> Policy | None:
 
 
 def _placements(problem: _Problem, size: int, count: int, overlap: bool, groups: list,
-                beat: float) -> list[Policy]:
-    """The LP's policy for one candidate; when it puts cache on the host, also the one that
-    attends to that cache in place (cpu_attention)."""
-    policy = _fit(problem, size, count, overlap, groups, beat)
-    if policy is None or policy.cache.host == 0:
+                beat: float, compression: Compression) -> list[Policy]:
+    """The LP's policy for one candidate; when it puts cache on the host of a GPU machine, also
+    the one that attends to that cache in place (cpu_attention; on a CPU the host cache is
+    attended in place anyway)."""
+    policy = _fit(problem, size, count, overlap, groups, beat, compression=compression)
+    if policy is None or policy.cache.host == 0 or problem.profile.device == "cpu":
         return [] if policy is None else [policy]
-    in_place = _fit(problem, size, count, overlap, _groups(problem, size, count, True), beat,
-                    cpu_attention=True)
+    in_place = _fit(problem, size, count, overlap,
+                    _groups(problem, size, count, True, compression), beat,
+                    cpu_attention=True, compression=compression)
     return [policy] if in_place is None else [policy, in_place]
 
 
@@ -203,7 +216,7 @@ def _pace(problem: _Problem, policy: Policy) -> str:
     batches = table_blocks(problem.lengths, policy.gpu_batch_size, policy.num_gpu_batches)[0][1]
     cost = token_costs(problem.cfg, problem.layers, batches, problem.workload.gen_len,
                        problem.workload.shared_prefix, phase, problem.profile,
-                       problem.dtype, policy.cpu_attention)["decoder"]
+                       problem.dtype, policy.cpu_attention, compression_of(policy))["decoder"]
     fractions = policy_fractions(problem.layers, policy, problem.dtype.itemsize)["decoder"]
     links = {link: layer_seconds(LayerCost(1, 0.0, {link: expr}), fractions, True)
              for link, expr in cost.links.items()}
@@ -236,8 +249,9 @@ def _why(problem: _Problem, policy: Policy, prediction: Prediction) -> str:
 
 
 def solve(cfg: ModelConfig, layers: list[LayerSpec], workload: Workload, budgets: dict[str, int],
-          profile: HardwareProfile, dtype: torch.dtype) -> Plan:
-    """The fastest policy for `workload` within `budgets` (bytes per tier)."""
+          profile: HardwareProfile, dtype: torch.dtype, allow_compression: bool = False) -> Plan:
+    """The fastest policy for `workload` within `budgets` (bytes per tier). 4-bit weights and
+    KV cache change outputs, so they are candidates only when `allow_compression`."""
     extra = workload.gen_len + workload.shared_prefix
     if cfg.family == "opt" and workload.max_prompt_len + extra > cfg.max_positions:
         raise ValueError(
@@ -245,7 +259,7 @@ def solve(cfg: ModelConfig, layers: list[LayerSpec], workload: Workload, budgets
             f"model's {cfg.max_positions} positions")
     problem = _Problem(cfg, layers, workload, dict(budgets), profile, dtype, workload.lengths())
     _minimum_check(problem)
-    best = _search(problem)
+    best = _search(problem, COMPRESSIONS if allow_compression else (EXACT,))
     if best is None:
         raise MemoryBudgetError(
             "no block shape fits the budgets ("

@@ -19,6 +19,7 @@ def fixed_profile(device: str = "cpu") -> HardwareProfile:
         call_overhead_s=1.5e-4,
         disk_latency_s=1e-4,
         disk_write_latency_s=5e-3,
+        dequant_rate=0.3e9,
         key="test",
     )
 

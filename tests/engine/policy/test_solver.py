@@ -13,6 +13,7 @@ from engine import Engine, MemoryBudgetError, ModelConfig, SamplingParams, Workl
 from engine.defaults import nominal_workload
 from engine.model import layer_specs
 from engine.policy import Plan, solve
+from engine.storage import parse_bytes
 
 OPT_175B = {
     "architectures": ["OPTForCausalLM"], "model_type": "opt", "vocab_size": 50272,
@@ -105,3 +106,28 @@ def test_175b_shaped_solve_is_fast(profile):
     assert result.policy.weights.disk > 0  # 350 GB of weights cannot sit in 216 GiB
     assert all(result.prediction.peak_bound[tier] <= 2**30 * budget
                for tier, budget in (("device", 16), ("host", 200), ("disk", 1500)))
+
+
+def test_compression_only_when_allowed_and_it_pays(model_dirs, profile):
+    """4-bit weights change outputs: never chosen unless allowed. Allowed, the planner takes
+    them where the disk binds and dequantizing is cheap, and leaves them where it is dear."""
+    import dataclasses
+
+    slow_disk = dataclasses.replace(
+        profile, bandwidth={**profile.bandwidth, "disk->host": 2e6, "host->disk": 2e6},
+        dequant_rate=1e13)
+    workload, memory = Workload(16, 24, 8), {"device": "160KiB", "host": "0", "disk": "10MiB"}
+    exact = plan(model_dirs("llama"), workload, memory, dtype=torch.float32, profile=slow_disk)
+    assert not exact.policy.compress_weights and not exact.policy.compress_cache
+    packed = plan(model_dirs("llama"), workload, memory, dtype=torch.float32, profile=slow_disk,
+                  allow_compression=True)
+    assert packed.policy.compress_weights
+    assert packed.tokens_per_s > exact.tokens_per_s
+    dear = dataclasses.replace(slow_disk, dequant_rate=1e3)
+    costly = plan(model_dirs("llama"), workload, memory, dtype=torch.float32, profile=dear,
+                  allow_compression=True)
+    assert not costly.policy.compress_weights
+    with Engine.from_pretrained(model_dirs("llama"), policy=packed.policy, dtype=torch.float32,
+                                memory=memory) as eng:  # the compressed plan runs in its budgets
+        eng.generate([[5 + row] * 24 for row in range(16)], SamplingParams(8, ignore_eos=True))
+        assert all(eng.stats.peak_bytes[tier] <= parse_bytes(memory[tier]) for tier in memory)
