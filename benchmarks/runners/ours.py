@@ -166,6 +166,27 @@ def timed_generate(
     return [list(row) for row in outputs], snapshots
 
 
+def planner_prediction(engine: Any, prompts: list[list[int]], args: argparse.Namespace) -> dict:
+    """What the planner's cost model predicts for the policy that ran, on this machine's cached
+    profile: tokens/s of the timed generate and bytes over the disk link (issue 11: a plan
+    that it cannot predict well is one it should not choose)."""
+    from engine import Workload
+    from engine.model import layer_specs
+    from engine.policy import predict
+    from engine.policy.hardware import load_profile
+    from engine.policy.predict import predicted_disk_bytes
+
+    prefix = args.prefix_len if args.share_prefix else 0
+    workload = Workload(rows=len(prompts), gen_len=args.gen_len, shared_prefix=prefix,
+                        prompt_len=dict(Counter(len(prompt) - prefix for prompt in prompts)))
+    layers = layer_specs(engine.config)
+    profile = load_profile(args.device, args.offload_dir)
+    prediction = predict(engine.config, layers, engine.policy, workload, profile, engine.dtype)
+    return {"tokens_per_s": prediction.tokens_per_s,
+            "bytes": predicted_disk_bytes(engine.config, layers, engine.policy, workload,
+                                          engine.dtype)}
+
+
 def run(args: argparse.Namespace) -> dict:
     setup_torch(args)
     prompts = prompts_for(args)
@@ -178,6 +199,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             outputs, stats = timed_generate(engine, prompts, args, meter)
             policy = chosen_policy(engine)
+            stats["planner_prediction"] = planner_prediction(engine, prompts, args)
         finally:
             engine.close()
     finally:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.compression import quant_ratio
 from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.policy.cost import KINDS, Batch, Compression, token_costs, token_seconds
 from engine.policy.hardware import HardwareProfile
-from engine.policy.memory import entry_tiers
+from engine.policy.memory import cache_entry_bytes, entry_tiers, hidden_bytes, weight_home_bytes
 from engine.policy.peaks import BlockShape, block_peaks
 from engine.policy.policy import TIERS, Policy
 from engine.policy.workload import Workload
@@ -103,6 +104,30 @@ def _prefix_seconds(cfg, layers, workload, profile, dtype, fractions, compressio
     costs = token_costs(cfg, layers, [Batch(1, workload.shared_prefix)], 0, 0, "prefill",
                         profile, dtype, compression=compression)
     return token_seconds(costs, fractions, overlap=True)
+
+
+def predicted_disk_bytes(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy,
+                         workload: Workload, dtype: torch.dtype) -> dict[str, float]:
+    """Bytes over the disk link for the whole table ("disk->device", "device->disk"), as the
+    engine's stats count them: disk-homed weights read at every token of every block; KV cache
+    entries homed on disk read at every decode step and written at every token; hidden states
+    homed on disk written and read once per layer and token. Rows run to gen_len."""
+    itemsize = dtype.itemsize
+    weights = weight_home_bytes(layers, policy, itemsize)["disk"]
+    cache_share, hidden_share = policy.cache.disk / 100, policy.activations.disk / 100
+    ratio = quant_ratio(dtype) if policy.compress_cache else 1.0
+    decoders = sum(layer.kind == "decoder" for layer in layers)
+    extra = workload.shared_prefix + workload.gen_len
+    reads = writes = 0.0
+    for count, batches in table_blocks(workload.lengths(), policy.gpu_batch_size,
+                                       policy.num_gpu_batches):
+        caches = sum(cache_entry_bytes(cfg, batch.rows, batch.width + extra, itemsize)
+                     for batch in batches) * decoders * cache_share * ratio
+        hidden = sum(hidden_bytes(cfg, batch.rows, batch.width + workload.gen_len - 1, itemsize)
+                     for batch in batches) * (len(layers) - 1) * hidden_share
+        reads += count * (workload.gen_len * weights + (workload.gen_len - 1) * caches + hidden)
+        writes += count * (workload.gen_len * caches + hidden)
+    return {"disk->device": reads, "device->disk": writes}
 
 
 def predict(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, workload: Workload,

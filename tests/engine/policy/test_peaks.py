@@ -10,6 +10,7 @@ import torch
 from engine import Engine, Placement, Policy, SamplingParams, Workload
 from engine.model import layer_specs
 from engine.policy import predict
+from engine.policy.predict import predicted_disk_bytes
 
 P = Placement
 ON_DEVICE, ON_HOST, ON_DISK = P.on("device"), P.on("host"), P.on("disk")
@@ -73,3 +74,24 @@ def test_predicted_peaks_match_measured(model_dirs, profile, case):
         expected = predicted.peak_bytes[tier]
         assert abs(expected - peak) <= TOLERANCE * peak, (tier, expected, peak)
         assert predicted.peak_bound[tier] >= peak, (tier, predicted.peak_bound[tier], peak)
+
+
+@pytest.mark.parametrize("policy", [
+    Policy(4, 2, P(20, 30, 50), P(0, 50, 50), P(50, 0, 50)),
+    Policy(3, 2, P(0, 40, 60), ON_DISK, ON_DEVICE, overlap=False),
+    Policy(4, 2, ON_DISK, P(50, 0, 50), ON_DEVICE, compress_weights=True),
+], ids=["mixed", "disk-cache", "4bit-weights"])
+def test_predicted_disk_bytes_match_the_stats(model_dirs, policy):
+    """The planner's bytes over the disk link agree with what the engine counts (10%)."""
+    lengths, gen_len = [12, 12, 12, 12, 9, 9, 9, 9, 6, 6], 5
+    rnd = random.Random(3)
+    prompts = [[rnd.randrange(3, 90) for _ in range(length)] for length in lengths]
+    with Engine.from_pretrained(model_dirs("llama"), policy=policy, dtype=torch.float32,
+                                memory=BUDGETS) as eng:
+        eng.generate(prompts, SamplingParams(max_new_tokens=gen_len, ignore_eos=True))
+        moved, cfg = eng.stats.bytes_moved, eng.config
+    predicted = predicted_disk_bytes(cfg, layer_specs(cfg), policy,
+                                     Workload.from_lengths(lengths, gen_len, 0), torch.float32)
+    for link, expected in predicted.items():
+        assert abs(expected - moved.get(link, 0)) <= 0.1 * max(moved.get(link, 0), 1), (
+            link, expected, moved.get(link, 0))
