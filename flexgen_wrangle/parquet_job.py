@@ -62,12 +62,10 @@ def check_columns(job: ColumnJob, schema: pa.Schema, id_column: str | None) -> N
 
 def model_fingerprint(model_dir: Path) -> dict[str, Any]:
     """Each file's name and sha256 (16 hex; size and mtime for a file over `HASHED_BYTES`)."""
-    files = sorted(entry for entry in model_dir.iterdir() if entry.is_file())
+    files = [(entry, entry.stat()) for entry in sorted(model_dir.iterdir()) if entry.is_file()]
     return {"path": str(model_dir.resolve()),
-            "files": [[entry.name, digest(entry.read_bytes())]
-                      if entry.stat().st_size <= HASHED_BYTES else
-                      [entry.name, entry.stat().st_size, entry.stat().st_mtime_ns]
-                      for entry in files]}
+            "files": [[entry.name, digest(entry.read_bytes())] if stat.st_size <= HASHED_BYTES
+                      else [entry.name, stat.st_size, stat.st_mtime_ns] for entry, stat in files]}
 
 
 def manifest(job: ColumnJob, source: TableInput, block_rows: int,
@@ -134,8 +132,8 @@ def _compute(job: ColumnJob, block: pa.RecordBatch, id_column: str | None,
     stats.merge(job.llm.last_stats)
     if id_column is None:
         return append_columns(block, job, arrays)
-    schema = pa.schema([block.schema.field(id_column), *job.output_fields])
-    return pa.RecordBatch.from_arrays([block.column(id_column), *arrays], schema=schema)
+    return pa.RecordBatch.from_arrays([block.column(id_column), *arrays],
+                                      schema=output_schema(job, block.schema, id_column))
 
 
 def policy_from_dict(data: dict[str, Any]) -> Any:
