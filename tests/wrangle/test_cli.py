@@ -119,3 +119,13 @@ def test_demo_runs_end_to_end(wrangle_model_dir, tmp_path, monkeypatch, capsys):
     for part in ("classify reviews", "classify tickets", "extract invoices", "accuracy", "rows/s",
                  "plan:", "DuckDB", "STRUCT("):
         assert part in out
+
+
+def test_one_progress_bar_with_rows_per_second(wrangle_model_dir, table_path, tmp_path, capsys):
+    argv = ["run", str(table_path), "--column", "text", "--classify", "yes,no", "--model",
+            str(wrangle_model_dir), "--output", str(tmp_path / "out.parquet"), "--block-rows", "2"]
+    assert cli.main(argv) == 0
+    updates = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line]
+    assert all(line.startswith("flexgen classify") for line in updates), updates
+    finished = [line for line in updates if f"{len(TEXTS)}/{len(TEXTS)}" in line]
+    assert len(finished) == 1 and "rows/s" in finished[0], updates  # the end, shown once
