@@ -107,7 +107,7 @@ def _compute_s(cfg: ModelConfig, layer: LayerSpec, batch: Batch, new: int, atten
     weight_bytes, _, matmul = _weight_stats(layer, dtype.itemsize)
     tokens = batch.rows * (1 if layer.kind == "head" else new)  # the head sees last positions
     touched = weight_bytes + tokens * cfg.hidden_size * dtype.itemsize * 2
-    dense = max(2 * tokens * matmul / profile.flops(dtype),
+    dense = max(2 * tokens * matmul / profile.flops(dtype, tokens),
                 touched / profile.bandwidth["device->device"])
     attention = 0.0
     if layer.kind == "decoder":

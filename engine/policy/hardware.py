@@ -27,7 +27,7 @@ from engine.memory_limit import available_memory
 
 logger = logging.getLogger(__name__)
 
-PROFILE_VERSION = 3
+PROFILE_VERSION = 4
 LINKS = ("disk->host", "host->disk", "host->device", "device->host", "device->device")
 
 
@@ -36,18 +36,23 @@ class HardwareProfile:
     device: str  # "cpu" or "cuda"
     free_bytes: dict[str, int]  # tier -> bytes free (device, host, disk at the offload dir)
     bandwidth: dict[str, float]  # link (LINKS) -> bytes/s; device->device is memory bandwidth
-    matmul_flops: dict[str, float]  # dtype name ("float32", "bfloat16", ...) -> FLOP/s
+    matmul_flops: dict[str, float]  # dtype name ("float32", ...) -> FLOP/s of a large matmul
     cpu_attention_flops: float  # FLOP/s of decode attention on the host CPU (fp32)
     call_overhead_s: float  # fixed cost of one layer compute in the engine (dispatch, Python)
     disk_latency_s: float  # fixed cost of one offload-file read
     disk_write_latency_s: float  # fixed cost of one offload-file write (it syncs)
     dequant_rate: float  # elements/s that 4-bit codes are dequantized (or quantized) at
+    # rows of a matmul at which it runs at half the large one's rate: decode steps multiply a
+    # few rows by each weight and run far below the peak (measured 0.07 vs 0.8 TFLOP/s, bf16)
+    matmul_half_rows: float
     key: str = ""
     version: int = PROFILE_VERSION
 
-    def flops(self, dtype: torch.dtype) -> float:
+    def flops(self, dtype: torch.dtype, rows: float | None = None) -> float:
+        """FLOP/s of a matmul in `dtype`; of one with `rows` rows (tokens) when given."""
         name = str(dtype).removeprefix("torch.")
-        return self.matmul_flops.get(name) or min(self.matmul_flops.values())
+        peak = self.matmul_flops.get(name) or min(self.matmul_flops.values())
+        return peak if rows is None else peak * rows / (rows + self.matmul_half_rows)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -80,7 +85,8 @@ def nominal_profile(device: str) -> HardwareProfile:
         matmul_flops={"float32": 20e12 if gpu else 100e9, "bfloat16": 150e12 if gpu else 200e9,
                       "float16": 150e12 if gpu else 200e9},
         cpu_attention_flops=20e9, call_overhead_s=1e-4, disk_latency_s=1e-4,
-        disk_write_latency_s=2e-3, dequant_rate=50e9 if gpu else 0.3e9, key="nominal")
+        disk_write_latency_s=2e-3, dequant_rate=50e9 if gpu else 0.3e9,
+        matmul_half_rows=64.0, key="nominal")
 
 
 def cache_dir() -> Path:

@@ -80,7 +80,7 @@ def _samples(fn: Callable[[], object], count: int) -> list[float]:
     return samples
 
 
-def matmul_flops(device: str, dtype: torch.dtype, tokens: int = 256, dim: int = 1024) -> float:
+def matmul_flops(device: str, dtype: torch.dtype, tokens: int = 2048, dim: int = 2048) -> float:
     x = torch.randn(tokens, dim, dtype=dtype, device=device)
     w = torch.randn(dim, dim, dtype=dtype, device=device)
     with torch.inference_mode():
@@ -95,6 +95,13 @@ def cpu_attention_flops(rows: int = 4, heads: int = 16, keys: int = 1024, dim: i
     with torch.inference_mode():
         seconds = _best(lambda: F.scaled_dot_product_attention(q, k, v), 3, lambda: None)
     return 4 * rows * heads * keys * dim / seconds
+
+
+def matmul_half_rows(device: str, peak: float, rows: int = 32) -> float:
+    """Rows at which a bf16 matmul runs at half of `peak`, from the rate of a `rows`-row one,
+    with rate(r) = peak * r / (r + half)."""
+    rate = matmul_flops(device, torch.bfloat16, tokens=rows)
+    return rows * max(peak / rate - 1.0, 0.0)
 
 
 def dequant_rate(device: str, rows: int = 1024, cols: int = 1024) -> float:
@@ -150,4 +157,5 @@ def measure_profile(device: str, offload_dir: str | Path | None = None) -> Hardw
         disk_latency_s=rates["read_latency"],
         disk_write_latency_s=rates["write_latency"],
         dequant_rate=dequant_rate(device),
+        matmul_half_rows=matmul_half_rows(device, matmul_flops(device, torch.bfloat16)),
     )

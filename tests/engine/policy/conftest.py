@@ -20,6 +20,7 @@ def fixed_profile(device: str = "cpu") -> HardwareProfile:
         disk_latency_s=1e-4,
         disk_write_latency_s=5e-3,
         dequant_rate=0.3e9,
+        matmul_half_rows=0.0,
         key="test",
     )
 
