@@ -77,6 +77,8 @@ def _run_parser(commands: Any) -> None:
     run.add_argument("--block-rows", type=positive_int, default=DEFAULT_BLOCK_ROWS,
                      help=f"rows per block and per part file (default {DEFAULT_BLOCK_ROWS})")
     run.add_argument("--memory", type=parse_memory, help="device=2GiB,host=8GiB,disk=100GiB")
+    run.add_argument("--allow-compression", action="store_true",
+                     help="the planner may choose 4-bit weights / KV cache (outputs change)")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                      help="run on a Ray cluster (ray.init(ADDRESS); alone or \"local\": start one here)")
@@ -93,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--prompt-len", type=int, required=True)
     plan.add_argument("--gen-len", type=int, required=True)
     plan.add_argument("--memory", type=parse_memory)
+    plan.add_argument("--allow-compression", action="store_true",
+                      help="4-bit weights / KV cache may be chosen (outputs change)")
     demo = commands.add_parser("demo", help="classify + extract over the demo table")
     demo.add_argument("--rows", type=int, default=600, help="rows of the table (0: all)")
     demo.add_argument("--no-progress", action="store_true")
@@ -147,7 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         spec = _task_args(args)
         _check_output(args)
-        llm = LLM(args.model, memory=args.memory, progress=False)
+        llm = LLM(args.model, memory=args.memory, progress=False,
+                  allow_compression=args.allow_compression)
     except (WrangleError, ValueError, OSError) as err:
         return _fail(err, EXIT_BAD_INPUT)
     with llm:
@@ -194,7 +199,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     workload = Workload(rows=args.rows, prompt_len=args.prompt_len, gen_len=args.gen_len)
-    result = plan(args.model, workload, memory=args.memory)
+    result = plan(args.model, workload, memory=args.memory,
+                  allow_compression=args.allow_compression)
     print(f"policy: {result.policy}")
     print(f"estimated tokens/s: {result.tokens_per_s:.1f}")
     print(f"peak bytes: {result.peak_bytes}")

@@ -65,7 +65,8 @@ def run_on_ray(args: argparse.Namespace) -> int:
         if args.resume and id_column is None:
             raise ValueError("--ray --resume needs --id-column (the rows' unique ids)")
         spec = _task_args(args)
-        llm = LLM(args.model, memory=args.memory, progress=False)
+        llm = LLM(args.model, memory=args.memory, progress=False,
+                  allow_compression=getattr(args, "allow_compression", False))
         connect(args.ray)
         ds = read_input(args.input)
         if not args.resume:
