@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from engine.compression import QuantMeta, dequantize, quantize
 from engine.storage import disk
 from engine.storage.ledger import Ledger
+from engine.storage.offload_dirs import make_offload_dir
 from engine.storage.pool import BufferPool
 
 
@@ -72,10 +72,8 @@ class Tiers:
         # disk reads land here: on the device itself on a CPU, in (pinned) host RAM on a GPU
         self.staging = BufferPool(ledger, "device" if device.type == "cpu" else "host")
         parent = Path(offload_dir) if offload_dir is not None else None
-        try:
-            if parent is not None:
-                parent.mkdir(parents=True, exist_ok=True)
-            self.offload_dir = Path(tempfile.mkdtemp(prefix="flexgen-", dir=parent))
+        try:  # the directories of engines that died without cleaning up are removed first
+            self.offload_dir = make_offload_dir(parent)
         except OSError as err:
             raise OSError(err.errno, f"offload directory {parent} is not writable: {err}") from err
         self._names = itertools.count()
