@@ -75,6 +75,10 @@ def ours_memory(ctx: Context) -> dict[str, int] | None:
         return None
     device = ctx.memory.weight_budget + 2 * ctx.shape.layer_bytes + ACTIVATION_ALLOWANCE
     disk = 100 * 1024**3
+    if ctx.workload.cap_bytes and ctx.device == "cpu":  # a given cap: budgets + fixed overhead
+        from engine.memory_limit import FIXED_OVERHEAD_BYTES
+
+        return {"device": ctx.workload.cap_bytes - FIXED_OVERHEAD_BYTES, "host": 0, "disk": disk}
     if ctx.device == "cuda":
         return {"device": device, "host": ctx.memory.kv_allowance + ctx.shape.weight_bytes,
                 "disk": disk}
@@ -220,7 +224,7 @@ def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> di
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small variants (< 3 min each)")
-    parser.add_argument("--workload", action="append", choices=["1", "2", "3", "4"],
+    parser.add_argument("--workload", action="append", choices=["1", "2", "3", "4", "4-tight"],
                         help="repeatable; default: 1 and 2 (3: wrangling, hours at full size)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
