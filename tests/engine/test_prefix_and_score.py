@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from engine import Engine, Placement, Policy, SamplingParams
-from tests.models import hf_greedy
+from tests.models import hf_greedy, hf_logprob_scores
 
 PREFIX = [20, 21, 22, 23, 24, 25]
 PROMPTS = [[5, 6, 7], list(range(10, 21)), [9], [40, 41, 42, 43]]
 CANDIDATES = [[30], [31, 32, 33], [40, 41]]
 POLICY = Policy(2, 2, Placement(30, 30, 40), Placement(30, 40, 30), Placement(40, 30, 30))
-
-
-def hf_scores(model_dir, prompts, candidates):
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    scores = []
-    for prompt in prompts:
-        row = []
-        for cand in candidates:
-            with torch.no_grad():
-                logprobs = model(torch.tensor([prompt + cand])).logits.log_softmax(-1)[0]
-            row.append(sum(float(logprobs[len(prompt) - 1 + t, cand[t]]) for t in range(len(cand))))
-        scores.append(row)
-    return scores
 
 
 @pytest.mark.parametrize("family", ["opt350", "llama", "qwen2"])
@@ -39,7 +25,7 @@ def test_prefix_generation_matches_hf(model_dirs, family):
 @pytest.mark.parametrize("family", ["opt", "llama"])
 def test_scores_match_hf_logprobs(model_dirs, family):
     model_dir = model_dirs(family)
-    expected = hf_scores(model_dir, [PREFIX + p for p in PROMPTS], CANDIDATES)
+    expected = hf_logprob_scores(model_dir, [PREFIX + p for p in PROMPTS], CANDIDATES)
     with Engine.from_pretrained(model_dir, policy=POLICY, dtype=torch.float32) as eng:
         with_prefix = eng.score(PROMPTS, CANDIDATES, prefix=PREFIX)
         without = eng.score([PREFIX + p for p in PROMPTS], CANDIDATES)
