@@ -34,7 +34,6 @@ class BufferPool:
         self.ledger, self.tier = ledger, tier
         self._idle: dict[Hashable, list[torch.Tensor]] = defaultdict(list)
         self._kinds: dict[int, Hashable] = {}  # data_ptr of a lent buffer -> its kind
-        self._held = 0  # bytes of every buffer made and not freed (lent out or idle)
         self._lock = threading.Lock()
 
     def take(self, num_bytes: int, what: str, kind: Hashable) -> torch.Tensor:
@@ -47,7 +46,6 @@ class BufferPool:
                 buffer = self._idle[key].pop()
             else:
                 self.ledger.allocate(self.tier, size, f"staging buffer for {what}")
-                self._held += size
                 buffer = aligned_empty(size)
             self._kinds[buffer.data_ptr()] = key
         return buffer
@@ -63,9 +61,4 @@ class BufferPool:
         with self._lock:
             freed = sum(buffer.numel() for buffers in self._idle.values() for buffer in buffers)
             self._idle.clear()
-            self._held -= freed
             self.ledger.free(self.tier, freed)
-
-    @property
-    def held_bytes(self) -> int:
-        return self._held
