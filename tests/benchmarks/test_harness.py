@@ -34,6 +34,7 @@ from benchmarks.workloads import (
     get_workload,
     memory_plan,
 )
+from engine.memory_limit import FIXED_OVERHEAD_BYTES
 
 # a toy shape with round numbers: 2 layers, q_dim = kv_dim = 4
 SHAPE = ModelShape(num_layers=2, hidden_size=4, q_dim=4, kv_dim=4, vocab_size=10,
@@ -218,7 +219,7 @@ def test_workloads_and_memory_plan() -> None:
     assert [s.label for s in wrangling.systems if not s.optional] == [
         "pipeline:plain", "pipeline:pipeline", "ours:auto", "ours:auto+prefix", "hf"]
     with pytest.raises(ValueError):
-        get_workload("4", quick=False)
+        get_workload("9", quick=False)
     offload = get_workload("2", quick=False)
     plan = memory_plan(offload, weight_bytes=4000, kv_bytes_per_token=10, layer_bytes=100)
     assert plan.weight_budget == 1000 and plan.kv_allowance == 64 * 160 * 10
@@ -266,12 +267,20 @@ def test_gpu_variant_skips_cleanly_without_cuda(monkeypatch, capsys) -> None:
 
 
 def test_ours_gets_the_whole_grant_as_one_ram_budget_on_a_cpu() -> None:
-    plan = memory_plan(get_workload("2", quick=False), weight_bytes=4000, kv_bytes_per_token=10,
-                       layer_bytes=100)
-    ctx = SimpleNamespace(memory=plan, shape=SHAPE, device="cpu")
+    offload = get_workload("2", quick=False)
+    plan = memory_plan(offload, weight_bytes=4000, kv_bytes_per_token=10, layer_bytes=100)
+    ctx = SimpleNamespace(memory=plan, shape=SHAPE, device="cpu", workload=offload)
     cpu = ours_memory(ctx)
     assert cpu["host"] == 0 and cpu["device"] == plan.cap_bytes - IMPORT_OVERHEAD
-    gpu = ours_memory(SimpleNamespace(memory=plan, shape=SHAPE, device="cuda"))
+    gpu = ours_memory(SimpleNamespace(memory=plan, shape=SHAPE, device="cuda", workload=offload))
     assert gpu["device"] == plan.weight_budget + 2 * SHAPE.layer_bytes + ACTIVATION_ALLOWANCE
-    assert ours_memory(SimpleNamespace(memory=memory_plan(get_workload("1", quick=False),
-                                                          4000, 10, 100))) is None
+    in_ram = get_workload("1", quick=False)
+    assert ours_memory(SimpleNamespace(memory=memory_plan(in_ram, 4000, 10, 100),
+                                       workload=in_ram)) is None
+    # a workload that gives its cap (issue 11's 2.5 GiB): the cap less the stated overhead
+    tight = get_workload("4-tight", quick=False)
+    tight_plan = memory_plan(tight, 4000, 10, 100)
+    assert tight_plan.cap_bytes == tight.cap_bytes
+    budget = ours_memory(SimpleNamespace(memory=tight_plan, shape=SHAPE, device="cpu",
+                                         workload=tight))
+    assert budget["device"] == tight.cap_bytes - FIXED_OVERHEAD_BYTES
