@@ -75,11 +75,16 @@ class BlockShape:
 
 
 class _Ledger:
-    def __init__(self, homes: dict[str, int], staging_tier: str) -> None:
+    def __init__(self, homes: dict[str, int], staging_tier: str, spare: int = 0) -> None:
         self.used = dict(homes)
         self.peak = dict(homes)
         self.staging_tier = staging_tier
+        # extra buffers per cache / hidden-state kind: when stores trail on the I/O pool, one
+        # more of a kind can be in use at once than the replay's order says (weights are
+        # loaded and freed in program order)
+        self.spare = spare
         self._idle: Counter = Counter()  # staging kind -> buffers idle in the pool
+        self._seen: set[tuple] = set()
         self._staged = 0
 
     def add(self, tier: str, num_bytes: int) -> None:
@@ -88,6 +93,11 @@ class _Ledger:
 
     def take(self, kind: tuple, num_bytes: int) -> None:
         """A staging buffer of `kind`: an idle one, else a new one charged until `trim`."""
+        if kind not in self._seen and kind[0] != "weight" and self.spare:
+            self._seen.add(kind)
+            self._idle[kind] += self.spare
+            self.add(self.staging_tier, padded_size(num_bytes) * self.spare)
+            self._staged += padded_size(num_bytes) * self.spare
         if self._idle[kind]:
             self._idle[kind] -= 1
             return
@@ -103,6 +113,7 @@ class _Ledger:
         self.add(self.staging_tier, -self._staged)
         self._staged = 0
         self._idle.clear()
+        self._seen.clear()
 
 
 @dataclass
@@ -358,7 +369,7 @@ def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape
     itemsize = dtype.itemsize
     lag = lag if policy.overlap else 0  # without overlap every step runs in order
     ledger = _Ledger(weight_home_bytes(layers, policy, itemsize),
-                     "device" if shared_ram else "host")
+                     "device" if shared_ram else "host", spare=1 if lag > 1 else 0)
     has_cache = tuple(layer.kind == "decoder" for layer in layers)
     prefix = None
     if shape.prefix_len:  # the prefix runs first as a one-row block and keeps its caches

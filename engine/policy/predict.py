@@ -19,7 +19,9 @@ from engine.policy.policy import TIERS, Policy
 from engine.policy.workload import Workload
 from engine.weights import choose_tiers
 
-PLANNING_LAG = 2  # stores trailing by two computes: the bound plans are checked against
+# stores trailing by three computes: the bound plans are checked against (two was exceeded in
+# about one run of eight by the tests' tiny models, whose I/O threads lag the most)
+PLANNING_LAG = 3
 
 
 @dataclass(frozen=True)
