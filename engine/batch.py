@@ -7,7 +7,6 @@ seen the next time it is loaded, so finished rows cost no further compute or I/O
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -112,15 +111,11 @@ class GpuBatch:
         self.ids = ids
         self.step_inputs = None
 
-    def catch_up(self, entry: CacheEntry, cache: torch.Tensor,
-                 new: Callable[[tuple[int, ...], torch.dtype], torch.Tensor]) -> torch.Tensor:
-        """Apply the row selections this cache [2, B, ...] has not seen yet, into a buffer made
-        by `new(shape, dtype)` (the tiers' allocator for long-lived buffers)."""
+    def catch_up(self, entry: CacheEntry, cache: torch.Tensor) -> torch.Tensor:
+        """Apply the row selections this cache [2, B, ...] has not seen yet, as one selection."""
         keeps = [keep.to(cache.device) for keep in self.keeps[entry.version :]]
         rows = keeps[0]
         for keep in keeps[1:]:
             rows = rows[keep]  # successive selections compose into one
-        out = new((cache.shape[0], len(rows), *cache.shape[2:]), cache.dtype)
-        torch.index_select(cache, 1, rows, out=out)
         entry.version = len(self.keeps)
-        return out
+        return cache.index_select(1, rows)

@@ -71,7 +71,7 @@ class BlockRunner:
         else:
             lease = self.tiers.fetch(entry.placed, f"KV cache of layer {layer}")
         if entry.version < len(batch.keeps):  # rows finished since this cache was stored
-            tensor = batch.catch_up(entry, lease.tensor, self.tiers.new_buffer)
+            tensor = batch.catch_up(entry, lease.tensor)
             self.tiers.release(lease)
             lease = self.tiers.adopt(tensor, f"KV cache of layer {layer}")
         return lease

@@ -170,11 +170,7 @@ class Tiers:
         """A fresh zeroed working buffer on the compute device."""
         num_bytes = _nbytes(shape, dtype)
         self.ledger.allocate("device", num_bytes, what)
-        return Lease(self.new_buffer(shape, dtype), num_bytes)
-
-    def new_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A zeroed buffer on the compute device."""
-        return torch.zeros(shape, dtype=dtype, device=self.device)
+        return Lease(torch.zeros(shape, dtype=dtype, device=self.device), num_bytes)
 
     def adopt(self, tensor: torch.Tensor, what: str) -> Lease:
         """Charge a tensor that compute produced on the device."""
