@@ -169,12 +169,19 @@ def test_synthetic_vocab_writes_word_tokens(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 # ---- the llama.cpp runner ---------------------------------------------------------------------
-def _args(**kw: object) -> argparse.Namespace:
-    argv = ["--model", "/m", "--rows", "6", "--prompt-len", "5", "--gen-len", "3",
-            "--batch", "4", "--threads", "2"]
+def _runner_args(parser: argparse.ArgumentParser, shape: tuple[int, ...], **kw: object
+                 ) -> argparse.Namespace:
+    """A runner's arguments for (rows, prompt_len, gen_len, batch), plus `kw` as --flags."""
+    rows, prompt_len, gen_len, batch = shape
+    argv = ["--model", "/m", "--rows", str(rows), "--prompt-len", str(prompt_len),
+            "--gen-len", str(gen_len), "--batch", str(batch), "--threads", "2"]
     for key, value in kw.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    return llamacpp.parser().parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    return _runner_args(llamacpp.parser(), (6, 5, 3, 4), **kw)
 
 
 def test_server_command_reads_the_gguf_through_mmap() -> None:
@@ -276,11 +283,7 @@ def test_llamacpp_runner_end_to_end_against_a_fake_server(
 
 # ---- the vLLM runner --------------------------------------------------------------------------
 def _vargs(**kw: object) -> argparse.Namespace:
-    argv = ["--model", "/m", "--rows", "8", "--prompt-len", "64", "--gen-len", "32",
-            "--batch", "256", "--threads", "2"]
-    for key, value in kw.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    return vllm_cpu.parser().parse_args(argv)
+    return _runner_args(vllm_cpu.parser(), (8, 64, 32, 256), **kw)
 
 
 def test_vllm_settings() -> None:
