@@ -16,7 +16,7 @@ from engine.checkpoint import CheckpointReader
 from engine.config import ModelConfig
 from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.defaults import default_budgets, default_policy, resolve_device, resolve_dtype
-from engine.model import layer_specs
+from engine.model import LayerSpec, layer_specs
 from engine.policy.memory import minimum_bytes
 from engine.policy.policy import TIERS, Policy
 from engine.runner import BlockRunner, Consumer
@@ -42,10 +42,12 @@ class Engine:
     """Use `Engine.from_pretrained`; close with `close()` or a `with` block."""
 
     def __init__(
-        self, cfg: ModelConfig, policy: Policy, tiers: Tiers, weights: list, dtype: torch.dtype
+        self, cfg: ModelConfig, policy: Policy, tiers: Tiers, weights: list, dtype: torch.dtype,
+        layers: list[LayerSpec] | None = None,
     ) -> None:
+        """`layers`: the layers `weights` belong to (all of the model's when None)."""
         self.config, self.policy, self.dtype, self._tiers = cfg, policy, dtype, tiers
-        self._layers = layer_specs(cfg)
+        self._layers = layer_specs(cfg) if layers is None else layers
         self._weights = weights
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="flexgen-io") if policy.overlap else None
         self._finalizer = weakref.finalize(self, _shutdown, tiers, self._pool)
@@ -57,10 +59,18 @@ class Engine:
         cls, model_dir: str | Path, policy: Policy | str | None = None,
         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
         offload_dir: str | Path | None = None, memory: dict[str, str | int] | None = None,
-        progress: bool = False, allow_compression: bool = False,
+        progress: bool = False, allow_compression: bool = False, stages: int | None = None,
     ) -> Engine:
         """`policy` None / "auto": planned for a nominal workload on this machine's measured
-        profile; 4-bit weights / KV cache (outputs change) only with `allow_compression`."""
+        profile; 4-bit weights / KV cache (outputs change) only with `allow_compression`.
+        `stages` N > 1: the layers cut into N pipeline stages, one process each
+        (`engine.distributed`); `policy` applies to, and `memory` budgets each, every stage."""
+        if stages is not None and stages != 1:
+            from engine.distributed import staged_engine  # its processes import this module
+
+            return staged_engine(model_dir, stages, policy=policy, device=device, dtype=dtype,
+                                 offload_dir=offload_dir, memory=memory, progress=progress,
+                                 allow_compression=allow_compression)
         cfg = ModelConfig.from_pretrained(model_dir)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, cfg, device)
@@ -166,20 +176,18 @@ class Engine:
     ) -> list[GpuBatch]:
         lengths = [len(prompts[row]) for row in rows]
         batches = [
-            GpuBatch.from_prompts(part, [prompts[row] for row in part], consumer.extra_cols(),
-                                  prefix_len)
+            self._new_batch(part, [prompts[row] for row in part], consumer.extra_cols(),
+                            prefix_len)
             for part in cut_batches(rows, lengths, self.policy.gpu_batch_size)
         ]
-        runner = BlockRunner(self.config, self._layers, self._weights, self.policy, self._tiers,
-                             self.dtype, batches, consumer, prefix_cache)
+        runner = self._new_runner(batches, consumer, prefix_cache)
         executor = Executor(runner, self._pool)
         steps = token_steps([layer.kind == "decoder" for layer in self._layers],
                             len(batches), self.policy.overlap)
         device_before = self._tiers.ledger.used["device"]
         try:
             with torch.inference_mode():
-                while active := {idx for idx, batch in enumerate(batches) if batch.active}:
-                    executor.run(steps, active)
+                self._run_tokens(executor, steps, batches)
         except BaseException:
             self._abandon(executor, batches, runner, device_before)
             raise
@@ -188,6 +196,21 @@ class Engine:
         self._tiers.staging.trim()
         self.stats.add_run(executor, self._tiers.ledger)
         return batches
+
+    # the block's parts, which pipeline stages (engine.distributed) replace -----------------
+    def _new_batch(self, row_ids: list[int], prompts: list[list[int]], extra_cols: int,
+                   prefix_len: int) -> GpuBatch:
+        return GpuBatch.from_prompts(row_ids, prompts, extra_cols, prefix_len)
+
+    def _new_runner(self, batches: list[GpuBatch], consumer: Consumer,
+                    prefix_cache: dict[int, Placed]) -> BlockRunner:
+        return BlockRunner(self.config, self._layers, self._weights, self.policy, self._tiers,
+                           self.dtype, batches, consumer, prefix_cache)
+
+    def _run_tokens(self, executor: Executor, steps: list, batches: list[GpuBatch]) -> None:
+        """One token of every active GPU batch per pass, until every row is done."""
+        while active := {idx for idx, batch in enumerate(batches) if batch.active}:
+            executor.run(steps, active)
 
     def _abandon(self, executor: Executor, batches: list[GpuBatch], runner: BlockRunner,
                  device_before: int) -> None:
