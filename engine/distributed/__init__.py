@@ -1,0 +1,23 @@
+"""Pipeline-parallel stages over torch.distributed: the model's layers cut into N slices, one
+process per stage, the block schedule run over each slice, hidden states sent stage to stage.
+
+The one boundary: the layer math, the tiers and the executor know nothing of stages.
+`staged_engine` is what `Engine.from_pretrained(..., stages=N)` returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.distributed.driver import StagedEngine, StageError
+from engine.distributed.links import StageLinkError
+from engine.distributed.split import StageSlice, stage_slices
+from engine.distributed.stats import PipelineStats
+
+__all__ = ["PipelineStats", "StageError", "StageLinkError", "StageSlice", "StagedEngine",
+           "stage_slices", "staged_engine"]
+
+
+def staged_engine(model_dir: str | Path, stages: int, **options) -> StagedEngine:
+    """N stage processes started here (see `StagedEngine.spawn` for `options`)."""
+    return StagedEngine.spawn(model_dir, stages, **options)
