@@ -34,6 +34,7 @@ from engine.consumers import Scorer
 from engine.defaults import resolve_device
 from engine.distributed.split import StageSlice, stage_slices
 from engine.distributed.stats import PipelineStats
+from engine.policy.policy import Policy
 from engine.sampling import SamplingParams
 from engine.storage.offload_dirs import remove_stale
 from engine.validation import validate_prompts
@@ -72,6 +73,27 @@ def _start_stage() -> tuple[subprocess.Popen, Connection]:
         pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL)
     child_end.close()
     return proc, Connection(parent_end.detach())
+
+
+def per_stage(value: Any, stages: int, what: str) -> list:
+    """A value for every stage: one value for all, or a list with one per stage."""
+    if not isinstance(value, list | tuple):
+        return [value] * stages
+    if len(value) != stages:
+        raise ValueError(f"{what} has {len(value)} entries for {stages} stages; give one per "
+                         f"stage, or one for all")
+    return list(value)
+
+
+def _check_shapes(policies: list) -> None:
+    """GPU batches are cut the same way on every stage: given policies must agree on it."""
+    given = [policy for policy in policies if isinstance(policy, Policy)]
+    if given and len(given) < len(policies):
+        raise ValueError("give a Policy for every stage, or let every stage plan ('auto')")
+    shapes = sorted({(policy.gpu_batch_size, policy.num_gpu_batches) for policy in given})
+    if len(shapes) > 1:
+        raise ValueError(f"the stages' policies must share one block shape (gpu_batch_size, "
+                         f"num_gpu_batches); got {shapes}")
 
 
 def _stop(procs: list, conns: list, roots: list[Path]) -> None:
@@ -124,12 +146,15 @@ class StagedEngine:
                               timeout=timedelta(seconds=timeout_s))
         threads = threads or max(1, torch.get_num_threads() // stages)
         root = Path(offload_dir) if offload_dir is not None else Path(tempfile.gettempdir())
+        policies, memories = per_stage(policy, stages, "policy"), per_stage(memory, stages, "memory")
+        _check_shapes(policies)
         procs, conns = [], []
         for rank in range(stages):
             stage_device = f"cuda:{rank % gpus}" if gpus else (
                 None if device.type == "cpu" else str(device))
-            options = {"model_dir": str(model_dir), "policy": policy, "device": stage_device,
-                       "dtype": dtype, "offload_dir": offload_dir, "memory": memory,
+            options = {"model_dir": str(model_dir), "policy": policies[rank],
+                       "device": stage_device, "dtype": dtype, "offload_dir": offload_dir,
+                       "memory": memories[rank],
                        "progress": progress, "allow_compression": allow_compression,
                        "backend": backend, "timeout_s": timeout_s, "threads": threads}
             proc, conn = _start_stage()
