@@ -18,10 +18,13 @@ def slow_processor(row_id: int, outputs: list[int], logits: torch.Tensor) -> tor
 
 
 PARENT_SCRIPT = """
-import json, sys, time
-from engine import Engine, Placement, Policy
+import json, sys
+from engine import Engine, Placement, Policy, SamplingParams
+from tests.engine.distributed.helpers import slow_processor
 policy = Policy(1, 2, Placement(0, 0, 100), Placement(0, 100, 0), Placement(100, 0, 0))
 eng = Engine.from_pretrained(sys.argv[1], policy=policy, offload_dir=sys.argv[2], stages=2)
 print(json.dumps({"pids": eng.pids, "dirs": [str(path) for path in eng.offload_dirs]}), flush=True)
-time.sleep(600)
+# busy stages: 120 tokens x 2 rows x 50 ms, far longer than the test waits after the kill
+eng.generate([[5, 6], [7, 8]], SamplingParams(max_new_tokens=120, ignore_eos=True,
+                                              logits_processor=slow_processor))
 """
