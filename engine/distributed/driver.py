@@ -52,6 +52,8 @@ class StageError(RuntimeError):
     def __init__(self, message: str, remote_traceback: str = "") -> None:
         super().__init__(message)
         self.remote_traceback = remote_traceback
+        if remote_traceback:  # shown under the caller's own traceback
+            self.add_note(f"the stage's traceback:\n{remote_traceback.rstrip()}")
 
 
 def _exit_text(code: int | None) -> str:

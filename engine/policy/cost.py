@@ -22,6 +22,11 @@ from engine.policy.hardware import HardwareProfile
 from engine.policy.memory import cache_entry_bytes, hidden_bytes
 
 KINDS = ("embed", "decoder", "head")
+
+
+def kinds_of(layers: list[LayerSpec]) -> list[str]:
+    """The layer kinds present (a pipeline stage's slice may lack the embedding or head)."""
+    return [kind for kind in KINDS if any(spec.kind == kind for spec in layers)]
 Expr = dict[str, float]  # fraction name ("cache.disk") -> seconds per unit of that fraction
 
 
@@ -148,7 +153,7 @@ def token_costs(
     in_place = cpu_attention and phase == "decode"
     ratio = quant_ratio(dtype)
     costs: dict[str, LayerCost] = {}
-    for kind in KINDS:
+    for kind in kinds_of(layers):
         layer = next(spec for spec in layers if spec.kind == kind)
         weight_bytes, tensors, _ = _weight_stats(layer, itemsize)
         cost = LayerCost(sum(spec.kind == kind for spec in layers), 0.0)

@@ -11,7 +11,7 @@ import torch
 from engine.compression import quant_ratio
 from engine.config import ModelConfig
 from engine.model import LayerSpec
-from engine.policy.cost import KINDS, Batch, Compression, token_costs, token_seconds
+from engine.policy.cost import Batch, Compression, kinds_of, token_costs, token_seconds
 from engine.policy.hardware import HardwareProfile
 from engine.policy.memory import cache_entry_bytes, entry_tiers, hidden_bytes, weight_home_bytes
 from engine.policy.peaks import BlockShape, block_peaks
@@ -64,7 +64,7 @@ def policy_fractions(layers: list[LayerSpec], policy: Policy, itemsize: int
     hidden_homes = [tier for row in hiddens[:-1] for tier in row]  # the head stores none
     shared = {**_shares("cache", decoder_caches), **_shares("activations", hidden_homes)}
     fractions = {}
-    for kind in KINDS:
+    for kind in kinds_of(layers):
         layer = next(spec for spec in layers if spec.kind == kind)
         sizes = [int(torch.Size(spec.shape).numel()) * itemsize for spec in layer.weights]
         tiers = choose_tiers(sizes, policy.weights)
