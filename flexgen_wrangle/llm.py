@@ -43,18 +43,22 @@ class LLM:
     memory: budgets per tier, e.g. {"device": "2GiB", "host": "8GiB"}.
     allow_compression: the planner may choose 4-bit weights / KV cache, which change outputs
     (off by default; the demo model's accuracy with them is in README.md).
+    stages: N > 1 cuts the model's layers into N pipeline stages, one process each
+    (`engine.distributed`); `memory` is then each stage's budget, and "auto" lets each stage
+    plan for its own layers.
     """
 
     def __init__(self, model_dir: str | Path, memory: dict[str, str | int] | None = None,
                  policy: Any = "auto", progress: bool = True, dtype: torch.dtype | None = None,
                  device: str | None = None, offload_dir: str | Path | None = None,
-                 use_chat: bool | None = None, allow_compression: bool = False) -> None:
+                 use_chat: bool | None = None, allow_compression: bool = False,
+                 stages: int = 1) -> None:
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{self.model_dir} has no config.json: not a model directory")
         self.memory, self.policy, self.progress = memory, policy, progress
         self.dtype, self.device, self.offload_dir, self.use_chat = dtype, device, offload_dir, use_chat
-        self.allow_compression = allow_compression
+        self.allow_compression, self.stages = allow_compression, stages
         self.config = ModelConfig.from_pretrained(self.model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.encoder = PromptEncoder(self.tokenizer, use_chat)
@@ -87,7 +91,7 @@ class LLM:
         planner for this workload (rows, prompt lengths after the prefix, new tokens per row)."""
         if self._engine is None or self._engine.closed:
             policy = self.policy
-            if policy == "auto":
+            if policy == "auto" and self.stages == 1:  # stages plan themselves
                 policy = self._planned_policy(rows, lengths, gen_len, shared_prefix)
             self._build(policy)
         return self._engine
@@ -114,7 +118,7 @@ class LLM:
         self._engine = Engine.from_pretrained(
             self.model_dir, policy=policy, device=self.device, dtype=self.dtype,
             offload_dir=self.offload_dir, memory=self.memory,
-            allow_compression=self.allow_compression,
+            allow_compression=self.allow_compression, stages=self.stages,
         )
 
     @property
@@ -147,7 +151,8 @@ class LLM:
 
     def __reduce__(self) -> tuple:  # ship the recipe, not the placed weights (Ray, pools)
         return (_rebuild, (self.model_dir, self.memory, self.policy, self.progress, self.dtype,
-                           self.device, self.offload_dir, self.use_chat, self.allow_compression))
+                           self.device, self.offload_dir, self.use_chat, self.allow_compression,
+                           self.stages))
 
     def __repr__(self) -> str:
         state = "engine built" if self._engine is not None else "engine not built"
