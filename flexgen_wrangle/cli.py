@@ -79,6 +79,9 @@ def _run_parser(commands: Any) -> None:
     run.add_argument("--memory", type=parse_memory, help="device=2GiB,host=8GiB,disk=100GiB")
     run.add_argument("--allow-compression", action="store_true",
                      help="the planner may choose 4-bit weights / KV cache (outputs change)")
+    run.add_argument("--stages", type=positive_int, default=1,
+                     help="cut the model into N pipeline stages, one process each (--memory "
+                     "is then each stage's budget)")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                      help="run on a Ray cluster (ray.init(ADDRESS); alone or \"local\": start one here)")
@@ -152,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = _task_args(args)
         _check_output(args)
         llm = LLM(args.model, memory=args.memory, progress=False,
-                  allow_compression=args.allow_compression)
+                  allow_compression=args.allow_compression, stages=args.stages)
     except (WrangleError, ValueError, OSError) as err:
         return _fail(err, EXIT_BAD_INPUT)
     with llm:
