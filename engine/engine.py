@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +26,7 @@ from engine.sampling import SamplingParams
 from engine.schedule import token_steps
 from engine.schedule.executor import Executor
 from engine.stats import EngineStats
-from engine.storage import Ledger, MemoryBudgetError, Placed, Tiers
+from engine.storage import Lease, Ledger, MemoryBudgetError, Placed, Tiers
 from engine.storage.ledger import format_bytes
 from engine.validation import validate_prompts
 from engine.weights import place_weights
@@ -51,6 +53,7 @@ class Engine:
         self._weights = weights
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="flexgen-io") if policy.overlap else None
         self._finalizer = weakref.finalize(self, _shutdown, tiers, self._pool)
+        self._lock = threading.Lock()  # one call at a time: tiers, I/O pool, ledger are shared
         self.stats = EngineStats()
         self.stats.peak_bytes.update(tiers.ledger.peak)
 
@@ -88,8 +91,12 @@ class Engine:
                 weights = place_weights(
                     reader, layers, policy.weights, dtype, tiers, policy.compress_weights, progress
                 )
-        except BaseException:
+        except BaseException as err:
             tiers.close()
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                disk = minimum_bytes(cfg, layers, policy, dtype, device.type == "cpu")["disk"]
+                raise OSError(err.errno, f"{err.strerror}; this policy keeps "
+                              f"{format_bytes(disk)} of weights on the disk tier") from err
             raise
         tiers.ledger.reset_peaks()
         return cls(cfg, policy, tiers, weights, dtype)
@@ -136,6 +143,10 @@ class Engine:
         return self._run(prompts, consumer, prefix, lambda batch: {})
 
     def _run(self, prompts, consumer, prefix, results) -> list:
+        with self._lock:  # calls from several threads (DuckDB's workers) take turns
+            return self._run_locked(prompts, consumer, prefix, results)
+
+    def _run_locked(self, prompts, consumer, prefix, results) -> list:
         if self.closed:
             raise RuntimeError("this Engine is closed")
         prefix = list(prefix or [])
@@ -184,12 +195,12 @@ class Engine:
         executor = Executor(runner, self._pool)
         steps = token_steps([layer.kind == "decoder" for layer in self._layers],
                             len(batches), self.policy.overlap)
-        device_before = self._tiers.ledger.used["device"]
+        used_before = dict(self._tiers.ledger.used)
         try:
             with torch.inference_mode():
                 self._run_tokens(executor, steps, batches)
-        except BaseException:
-            self._abandon(executor, batches, runner, device_before)
+        except BaseException:  # a failure, or Ctrl-C
+            self._abandon(executor, batches, runner, used_before)
             raise
         executor.drain()
         self._free_block(batches, runner, keep_caches)
@@ -213,14 +224,20 @@ class Engine:
             executor.run(steps, active)
 
     def _abandon(self, executor: Executor, batches: list[GpuBatch], runner: BlockRunner,
-                 device_before: int) -> None:
-        """A failed block: wait for its copies, free its homes, and drop the charges of the
-        working buffers it held (their tensors die with the block)."""
+                 used_before: dict[str, int]) -> None:
+        """A failed or interrupted block: cancel its pending I/O and wait for the running
+        (no thread touches the tiers after this), release what was loaded, free its homes and
+        files, and drop the charges of the working buffers it held (they die with the block):
+        every tier's charge is what it was before the block."""
+        for loaded in executor.cancel():
+            for lease in loaded.values() if isinstance(loaded, dict) else [loaded]:
+                if isinstance(lease, Lease):
+                    self._tiers.release(lease)
         with contextlib.suppress(Exception):
-            executor.drain()
-        self._free_block(batches, runner, keep_caches=False)
+            self._free_block(batches, runner, keep_caches=False)
         self._tiers.staging.trim()
-        self._tiers.ledger.free("device", self._tiers.ledger.used["device"] - device_before)
+        for tier, used in list(self._tiers.ledger.used.items()):
+            self._tiers.ledger.free(tier, used - used_before.get(tier, 0))
 
     def _free_block(self, batches: list[GpuBatch], runner: BlockRunner, keep_caches: bool) -> None:
         for placed in runner.hidden.values():

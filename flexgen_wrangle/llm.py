@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ class LLM:
         self.encoder = PromptEncoder(self.tokenizer, use_chat)
         self.stop_ids = _stop_ids(self.model_dir, self.config, self.tokenizer)
         self._engine: Engine | None = None
+        self._building = threading.Lock()  # threads that start together build one engine
         self._constraints: JsonConstraints | None = None
         self.plan: Any = None  # the planner's Plan, when it placed the engine
         self.last_stats: RunStats | None = None
@@ -82,19 +84,21 @@ class LLM:
     @property
     def engine(self) -> Engine:
         """The engine, built on first use (with `policy`, unplanned)."""
-        if self._engine is None or self._engine.closed:
-            self._build(self.policy)
-        return self._engine
+        with self._building:
+            if self._engine is None or self._engine.closed:
+                self._build(self.policy)
+            return self._engine
 
     def prepare(self, rows: int, lengths: list[int], gen_len: int, shared_prefix: int) -> Engine:
         """The engine; when it is not built yet and the policy is "auto", it is placed by the
         planner for this workload (rows, prompt lengths after the prefix, new tokens per row)."""
-        if self._engine is None or self._engine.closed:
-            policy = self.policy
-            if policy == "auto" and self.stages == 1:  # stages plan themselves
-                policy = self._planned_policy(rows, lengths, gen_len, shared_prefix)
-            self._build(policy)
-        return self._engine
+        with self._building:
+            if self._engine is None or self._engine.closed:
+                policy = self.policy
+                if policy == "auto" and self.stages == 1:  # stages plan themselves
+                    policy = self._planned_policy(rows, lengths, gen_len, shared_prefix)
+                self._build(policy)
+            return self._engine
 
     def _planned_policy(self, rows: int, lengths: list[int], gen_len: int,
                         shared_prefix: int) -> Any:

@@ -4,6 +4,10 @@ The executor knows the step types and their data dependencies, not the model: a 
 provides the actual loads, stores and computes. A load of something whose store is still in
 flight waits for that store; a hidden-state load issued before its producer ran (possible with
 one GPU batch) is deferred to the compute that needs it.
+
+A token that fails or is interrupted (Ctrl-C arrives in the computing thread) leaves I/O on the
+pool; `cancel` drops what has not started and waits for what has, and hands back the values of
+the loads that finished unused, so the caller can release them and no thread still touches the tiers.
 """
 
 from __future__ import annotations
@@ -34,6 +38,17 @@ class Runner(Protocol):
     def compute(self, layer: int, batch: int, weights: Any, cache: Any, hidden: Any) -> Any: ...
 
 
+def _outcome(future: Future) -> Any:
+    """A finished or running future's value once it ends; None if cancelled or failed (the
+    failure being unwound, or one of its consequences)."""
+    if future.cancelled():
+        return None
+    try:
+        return future.result()
+    except Exception:
+        return None
+
+
 def _done(value: Any) -> Future:
     future: Future = Future()
     future.set_result(value)
@@ -49,6 +64,11 @@ class Executor:
         self.compute_s = 0.0
         self.io_wait_s = 0.0
         self._stores: dict[tuple[str, int, int], Future] = {}  # in-flight stores by resource
+        # the running token's loads not yet used (the run's own dicts, for `cancel`): a used
+        # load is popped from them, so nothing here outlives its use
+        self._unused: tuple[dict, ...] = ()
+        self._computed: dict = {}  # outputs of computes not yet handed to their stores
+        self._inputs: list = []  # the running compute's cache and hidden state
 
     def _submit(self, fn: Callable[..., Any], *args: Any, after: Future | None = None) -> Future:
         def task() -> Any:
@@ -70,6 +90,8 @@ class Executor:
         caches: dict[tuple[int, int], Future] = {}
         hiddens: dict[tuple[int, int], Future] = {}
         outputs: dict[tuple[int, int], Any] = {}
+        self._unused = (weights, caches, hiddens)
+        self._computed = outputs
         for step in steps:
             if isinstance(step, LoadWeights | FreeWeights):
                 self._weights_step(step, weights)
@@ -91,6 +113,7 @@ class Executor:
             else:
                 self._store_step(step, caches, outputs)
         self.drain()
+        self._unused, self._computed = (), {}
 
     def drain(self) -> None:
         """Wait for every in-flight store (end of a token, or before reading results)."""
@@ -98,27 +121,54 @@ class Executor:
             self._wait(future)
         self._stores.clear()
 
+    def cancel(self) -> list[Any]:
+        """After a failed or interrupted token: cancel the I/O not yet started, wait for the
+        I/O running, and return what the unused loads produced and the computed outputs no
+        store took (weights a compute used stay listed until their FreeWeights: the caller's
+        release must be idempotent)."""
+        loads = [future for unused in self._unused for future in unused.values()]
+        stores = list(self._stores.values())
+        for future in [*loads, *stores]:
+            future.cancel()
+        loaded = [_outcome(future) for future in loads]
+        for future in stores:
+            _outcome(future)
+        computed = [value for pending in self._computed.values() for value in pending]
+        computed += self._inputs
+        self._unused, self._computed, self._inputs = (), {}, []
+        self._stores.clear()
+        return [value for value in loaded + computed if value is not None]
+
     def _weights_step(self, step: Step, weights: dict[int, Future]) -> None:
         if isinstance(step, LoadWeights):
             weights[step.layer] = self._submit(self.runner.load_weights, step.layer)
         else:
-            self.runner.free_weights(step.layer, self._wait(weights.pop(step.layer)))
+            self.runner.free_weights(step.layer, self._take(weights, step.layer))
+
+    def _take(self, futures: dict, key: Any) -> Any:
+        """Wait for `futures[key]`, then forget it (waited for while still listed: an interrupt
+        during the wait leaves it to `cancel`)."""
+        value = self._wait(futures[key])
+        del futures[key]
+        return value
 
     def _compute(self, step: Compute, weights: dict, caches: dict, hiddens: dict) -> Any:
         pair = (step.layer, step.batch)
-        cache = self._wait(caches.pop(pair)) if pair in caches else None
+        cache = self._take(caches, pair) if pair in caches else None
         if pair in hiddens:
-            hidden = self._wait(hiddens.pop(pair))
+            hidden = self._take(hiddens, pair)
         elif step.layer > 0:
-            producer = self._stores.pop(("hidden", step.layer - 1, step.batch), None)
-            if producer is not None:
-                self._wait(producer)
+            producer = ("hidden", step.layer - 1, step.batch)
+            if producer in self._stores:
+                self._take(self._stores, producer)
             hidden = self.runner.load_hidden(step.layer, step.batch)
         else:
             hidden = None
         layer_weights = self._wait(weights[step.layer])
         begin = time.perf_counter()
+        self._inputs = [cache, hidden]  # for `cancel`, until the compute returns
         out = self.runner.compute(step.layer, step.batch, layer_weights, cache, hidden)
+        self._inputs = []
         self.compute_s += time.perf_counter() - begin
         return [cache, out]  # emptied by the stores that take them
 

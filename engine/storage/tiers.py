@@ -8,11 +8,15 @@ Every byte allocated or moved is recorded in the `Ledger`, which is what `engine
 On a CPU the device and host tiers are the same RAM: a host-resident tensor is computed on
 where it lives and a computed tensor is homed on the host without a copy; only the charges move
 between the tiers' budgets (and no bytes are counted on the host->device link). Reads from the
-disk tier land in reusable staging buffers (`BufferPool`), charged while held.
+disk tier land in reusable staging buffers (`BufferPool`), charged while held. Every disk home
+records the CRC-32 of what was written and every read verifies it (`disk.read_file`); a failed
+read or write raises an `OffloadFileError` / `OSError` naming the tensor, the tier and the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import itertools
 import shutil
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ import torch
 
 from engine.compression import QuantMeta, dequantize, quantize
 from engine.storage import disk
-from engine.storage.ledger import Ledger
+from engine.storage.ledger import Ledger, format_bytes
 from engine.storage.offload_dirs import make_offload_dir
 from engine.storage.pool import BufferPool
 
@@ -37,6 +41,7 @@ class Placed:
     tensor: torch.Tensor | None = None
     path: Path | None = None
     quant: QuantMeta | None = None  # set when the home holds 4-bit codes of the tensor
+    checksum: int | None = None  # CRC-32 of the offload file's bytes, verified on every read
 
     @property
     def nbytes(self) -> int:
@@ -95,8 +100,10 @@ class Tiers:
         self.ledger.allocate(tier, placed.nbytes, what)
         try:
             self._store(placed, tensor)
-        except BaseException:
+        except BaseException:  # nothing of it stays: neither its charge nor its file
             self.ledger.free(tier, placed.nbytes)
+            if placed.path is not None:
+                placed.path.unlink(missing_ok=True)
             raise
         return placed
 
@@ -160,8 +167,7 @@ class Tiers:
         return Lease(placed.tensor.to(self.device, non_blocking=self._pin), placed.nbytes)
 
     def _fetch_compressed(self, placed: Placed, what: str) -> Lease:
-        codes = self.fetch(Placed(placed.tier, placed.shape, placed.dtype, placed.tensor,
-                                  placed.path), what)
+        codes = self.fetch(dataclasses.replace(placed, quant=None), what)
         lease = self.adopt(dequantize(codes.tensor, placed.quant), what)
         self.release(codes)
         return lease
@@ -200,24 +206,46 @@ class Tiers:
 
     def _write_disk(self, placed: Placed, tensor: torch.Tensor, staged: torch.Tensor | None) -> None:
         """Write through `staged` (the staging buffer the tensor was read into, written from as
-        it is) or a staging buffer of the pool."""
-        if staged is not None and tensor.data_ptr() == staged.data_ptr():
-            disk.write_file(placed.path, tensor, staged)
-            return
-        buffer = self.staging.take(placed.nbytes, f"write of {placed.path.name}",
-                                   (placed.shape, placed.dtype))
+        it is) or a staging buffer of the pool; record the checksum."""
         try:
-            disk.write_file(placed.path, tensor, buffer)
-        finally:
-            self.staging.give(buffer)
+            if staged is not None and tensor.data_ptr() == staged.data_ptr():
+                placed.checksum = disk.write_file(placed.path, tensor, staged, checksum=True)
+                return
+            buffer = self.staging.take(placed.nbytes, f"write of {placed.path.name}",
+                                       (placed.shape, placed.dtype))
+            try:
+                placed.checksum = disk.write_file(placed.path, tensor, buffer, checksum=True)
+            finally:
+                self.staging.give(buffer)
+        except OSError as err:
+            placed.path, placed.checksum = None, None  # write_file removed the partial file
+            raise self._write_error(err, placed.nbytes) from err
+
+    def _write_error(self, err: OSError, num_bytes: int) -> OSError:
+        if err.errno == errno.ENOSPC:
+            free = shutil.disk_usage(self.offload_dir).free if self.offload_dir.exists() else 0
+            return OSError(err.errno, f"the disk tier ({self.offload_dir}) is full: "
+                           f"{format_bytes(num_bytes)} more were needed, {format_bytes(free)} "
+                           f"are free ({err.strerror}). Free space there, give an offload_dir "
+                           "on a larger disk, or a policy with less on the disk tier")
+        return OSError(err.errno, f"the disk tier ({self.offload_dir}) cannot take "
+                       f"{format_bytes(num_bytes)}: {err.strerror}. The offload directory must "
+                       "stay writable while the engine runs")
 
     def _read_disk(self, placed: Placed, what: str) -> Lease:
-        """Read a disk home into a pooled staging buffer (page cache bypassed)."""
+        """Read a disk home into a pooled staging buffer (page cache bypassed), verified."""
         buffer = self.staging.take(placed.nbytes, what, (placed.shape, placed.dtype))
         try:
-            raw = disk.read_file(placed.path, placed.nbytes, out=buffer)  # [nbytes] uint8
-        except BaseException:
+            raw = disk.read_file(placed.path, placed.nbytes, out=buffer,
+                                 checksum=placed.checksum)  # [nbytes] uint8
+        except BaseException as err:
             self.staging.give(buffer)
+            if isinstance(err, OSError):
+                raise disk.OffloadFileError(
+                    err.errno, f"{what} on the disk tier cannot be read back: {err.strerror}. "
+                    "Nothing was computed from it; run the call again, and if it names a "
+                    "weight, close the engine and build it again (the checkpoint is re-read)"
+                ) from err
             raise
         tensor = raw.view(placed.dtype).view(placed.shape)
         if self.device.type == "cpu":

@@ -1,0 +1,70 @@
+"""Ctrl-C (SIGINT) during a long offloaded generate: the call stops within seconds, its I/O
+threads are idle, its files and charges are gone, and the same engine then runs right."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from engine import Engine, Placement, Policy
+from engine.sampling import SamplingParams
+
+PROMPTS = [[3 + row % 50, 4, 5 + row % 7, 6] for row in range(64)]
+LONG = SamplingParams(max_new_tokens=100, ignore_eos=True)
+SHORT = SamplingParams(max_new_tokens=5, ignore_eos=True)
+OFFLOADED = Policy(4, 2, Placement(0, 30, 70), Placement(0, 30, 70), Placement(0, 50, 50))
+SEED = 1234  # the interrupt moments; a failure names the one it hit
+
+
+def interrupt_after(delay_s: float) -> list[float]:
+    """SIGINT to the main thread after `delay_s`; the list gets the moment it was sent."""
+    sent: list[float] = []
+    main = threading.main_thread().ident
+
+    def fire() -> None:
+        sent.append(time.monotonic())
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Timer(delay_s, fire).start()
+    return sent
+
+
+def _used(eng: Engine) -> dict[str, int]:
+    return {tier: used for tier, used in eng._tiers.ledger.used.items() if used}
+
+
+def _idle(eng: Engine) -> bool:
+    """No I/O queued or running on the engine's pool, no staging buffer lent out."""
+    queue_empty = eng._pool._work_queue.empty()
+    return queue_empty and not eng._tiers.staging._kinds
+
+
+@pytest.fixture(scope="module")
+def reference(model_dirs) -> list[list[int]]:
+    with Engine.from_pretrained(model_dirs("llama"), dtype=torch.float32) as eng:
+        return eng.generate(PROMPTS[:8], SHORT)
+
+
+def test_ctrl_c_during_a_long_generate(model_dirs, reference, tmp_path):
+    rng = random.Random(SEED)
+    with Engine.from_pretrained(model_dirs("llama"), policy=OFFLOADED, dtype=torch.float32,
+                                offload_dir=tmp_path) as eng:
+        weights = {path.name for path in eng.offload_dir.iterdir()}
+        used = _used(eng)
+        for attempt in range(3):
+            delay = rng.uniform(0.2, 1.5)
+            sent = interrupt_after(delay)
+            with pytest.raises(KeyboardInterrupt):
+                eng.generate(PROMPTS, LONG)  # ~10 s uninterrupted
+            assert time.monotonic() - sent[0] < 3.0, (attempt, delay)
+            time.sleep(0.3)  # a straggling I/O thread would act now
+            assert _idle(eng), (attempt, delay)
+            assert _used(eng) == used, (attempt, delay)
+            assert {path.name for path in eng.offload_dir.iterdir()} == weights
+            assert eng.generate(PROMPTS[:8], SHORT) == reference, (attempt, delay)
+
