@@ -10,14 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.distributed.driver import StagedEngine, StageError
+from engine.distributed.launched import LaunchedStage, launched
 from engine.distributed.links import StageLinkError
 from engine.distributed.split import StageSlice, stage_slices
 from engine.distributed.stats import PipelineStats
 
-__all__ = ["PipelineStats", "StageError", "StageLinkError", "StageSlice", "StagedEngine",
+__all__ = ["LaunchedStage", "PipelineStats", "StageError", "StageLinkError", "StageSlice", "StagedEngine",
            "stage_slices", "staged_engine"]
 
 
-def staged_engine(model_dir: str | Path, stages: int, **options) -> StagedEngine:
-    """N stage processes started here (see `StagedEngine.spawn` for `options`)."""
+def staged_engine(model_dir: str | Path, stages: int, **options) -> StagedEngine | LaunchedStage:
+    """Under a launcher (`torchrun`): this process's stage of its group. Otherwise N stage
+    processes started here (see `StagedEngine.spawn` for `options`)."""
+    if launched():
+        return LaunchedStage.join(model_dir, stages, **options)
     return StagedEngine.spawn(model_dir, stages, **options)

@@ -41,7 +41,7 @@ from engine.validation import validate_prompts
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 300.0  # any one transfer or collective; a dead peer is seen at once
+DEFAULT_TIMEOUT_S = 600.0  # any one transfer or collective (a hung peer); a dead one is seen at once
 STOP_GRACE_S = 3.0  # a stage asked to stop gets this long before it is killed
 ROOT_CAUSE_GRACE_S = 1.0  # after a first failure, how long to look for the stage that caused it
 
