@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from flexgen_wrangle import cli
 
 TEXTS = ["good", None, "bad", "good", "fine", "awful", "ok"]
 
 
+@pytest.mark.slow  # stage processes cost seconds to start; tests/engine/distributed has the rest
 def test_run_with_two_stages_writes_the_single_process_table(wrangle_model_dir, tmp_path):
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": list(range(len(TEXTS))), "text": TEXTS}), source)

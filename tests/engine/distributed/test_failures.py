@@ -75,6 +75,7 @@ def test_killed_stage_fails_the_call_naming_it(model_dirs, tmp_path):
         eng.generate([[5]])
 
 
+@pytest.mark.slow  # a spawn costs seconds: the default run keeps the killed-stage test only
 def test_stage_failing_to_load_names_it_and_leaves_nothing(model_dirs, tmp_path):
     """Budgets are per stage: stage 1's device budget cannot hold its working set."""
     memory = [{"device": "64MiB"}, {"device": "1KiB"}]
@@ -84,6 +85,7 @@ def test_stage_failing_to_load_names_it_and_leaves_nothing(model_dirs, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_stages_end_when_the_caller_dies(model_dirs, tmp_path):
     offload = tmp_path / "offload"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -108,3 +110,22 @@ def test_bad_stage_arguments_fail_before_any_process(model_dirs):
         Engine.from_pretrained(model_dir, policy=[POLICY, Policy(2, 2)], stages=2)
     with pytest.raises(ValueError, match="2 entries for 3 stages"):
         Engine.from_pretrained(model_dir, memory=[{}, {}], stages=3)
+
+
+@pytest.mark.slow
+def test_a_hung_stage_times_out_naming_both_stages(model_dirs, tmp_path):
+    """A stage that stops answering (SIGSTOP) is not dead: its peer's wait times out."""
+    from engine.distributed import StagedEngine
+
+    eng = StagedEngine.spawn(model_dirs("llama"), 2, policy=POLICY, dtype=torch.float32,
+                             offload_dir=tmp_path, timeout_s=3.0)
+    pids = eng.pids
+    params = SamplingParams(max_new_tokens=60, logits_processor=slow_processor,
+                            ignore_eos=True)
+    os.kill(pids[0], signal.SIGSTOP)
+    begin = time.monotonic()
+    with pytest.raises(StageError, match=r"stage 1 of 2.*from stage 0 failed or timed out"):
+        eng.generate([[5, 6, 7], [8, 9]], params)
+    assert time.monotonic() - begin < 3.0 + DEATH_BOUND_S
+    assert _wait_gone(pids, 5.0)
+    assert list(tmp_path.iterdir()) == []

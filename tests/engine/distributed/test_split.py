@@ -1,0 +1,60 @@
+"""The pieces of a stage that need no process: layer slices, boundary layers, pass groups,
+and GPU batches replaying the head's transitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.batch import GpuBatch
+from engine.config import ModelConfig
+from engine.distributed.split import RECV, SEND, stage_layers, stage_slices
+from engine.distributed.stage import pass_groups
+from engine.distributed.stage_runner import ReplayBatch
+from engine.model import layer_specs
+
+
+@pytest.mark.parametrize(("decoders", "stages", "bounds"), [
+    (3, 1, [(0, 5)]),
+    (3, 2, [(0, 3), (3, 5)]),  # embed + 2 decoders | 1 decoder + head
+    (3, 3, [(0, 2), (2, 3), (3, 5)]),
+    (5, 2, [(0, 4), (4, 7)]),
+])
+def test_slices_cover_every_layer_once_each_with_a_decoder(decoders, stages, bounds):
+    slices = stage_slices(decoders, stages)
+    assert [(part.start, part.stop) for part in slices] == bounds
+    assert slices[0].first and slices[-1].last
+
+
+def test_stage_layers_put_boundaries_around_the_owned_layers(model_dirs):
+    layers = layer_specs(ModelConfig.from_pretrained(model_dirs("opt")))
+    first, middle, last = (stage_layers(layers, part) for part in stage_slices(3, 3))
+    assert [layer.kind for layer in first] == ["embed", "decoder", SEND]
+    assert [layer.kind for layer in middle] == [RECV, "decoder", SEND]
+    assert [layer.kind for layer in last] == [RECV, "decoder", "head"]
+    assert middle[1] is layers[2] and not middle[0].weights and not middle[-1].weights
+
+
+@pytest.mark.parametrize(("batches", "stages", "groups"), [
+    (1, 2, [[0]]), (2, 2, [[0], [1]]), (5, 2, [[0, 1, 2], [3, 4]]), (2, 3, [[0], [1]]),
+])
+def test_pass_groups(batches, stages, groups):
+    assert pass_groups(batches, stages) == groups
+
+
+def test_replayed_transitions_give_the_same_batch():
+    prompts, extra = [[5, 6, 7], [8, 9]], 4
+    head = ReplayBatch.from_prompts([0, 1], prompts, extra)
+    other = ReplayBatch.from_prompts([0, 1], prompts, extra)
+    head.advance(torch.tensor([11, 12]), torch.tensor([False, True]))  # row 1 stops
+    head.feed(torch.tensor([0, 0]), torch.tensor([[3, 4], [5, 0]]), [2, 1])
+    other.replay(head.take_transitions())
+    assert head.transitions == [] and other.transitions == []  # a replay records nothing
+    for name in ("row_ids", "start", "outputs"):
+        assert getattr(other, name) == getattr(head, name)
+    for name in ("ids", "valid"):
+        assert torch.equal(getattr(other, name), getattr(head, name))
+    assert [keep.tolist() for keep in other.keeps] == [keep.tolist() for keep in head.keeps]
+    head.finish()
+    other.replay(head.take_transitions())
+    assert not other.active and isinstance(other, GpuBatch)
