@@ -173,6 +173,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return _fail("interrupted", EXIT_INTERRUPTED, "; the same command with --resume "
                          "continues")
+        except MemoryError as err:  # a budget (MemoryBudgetError) or the allocator
+            return _fail(err, EXIT_FAILED, "; give it more memory (--memory tier=size, a larger "
+                         "cgroup limit) and run the same command with --resume")
         except Exception as err:  # the engine, the disk: whatever stopped the run
             return _fail(err, EXIT_FAILED, "; the same command with --resume continues")
     _report(args.output, result)
@@ -230,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     except (WrangleError, FileNotFoundError, ValueError) as err:
         print(f"flexgen-wrangle: error: {err}", file=sys.stderr)
         return 1
+    except MemoryError as err:  # `plan`: not one row fits the budgets; the numbers say why
+        print(f"flexgen-wrangle: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

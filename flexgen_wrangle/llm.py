@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoTokenizer
 
-from engine import Engine, ModelConfig
+from engine import Engine, MemoryBudgetError, ModelConfig
 from flexgen_wrangle.columns import as_text_array
 from flexgen_wrangle.constraints import JsonConstraints
 from flexgen_wrangle.encoding import PromptEncoder
@@ -112,6 +112,8 @@ class LLM:
             self.plan = plan(self.model_dir, workload, memory=self.memory, device=self.device,
                              dtype=self.dtype, offload_dir=self.offload_dir,
                              allow_compression=self.allow_compression)
+        except MemoryBudgetError:  # not one row fits these budgets: nothing else would run
+            raise
         except Exception as err:  # planning is an optimisation: never fail the column for it
             logger.warning("planning failed (%s); using the engine's default policy", err)
             return "auto"
