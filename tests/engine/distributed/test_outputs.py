@@ -106,3 +106,23 @@ def test_each_stage_within_its_budgets_with_its_links_counted(staged):
     assert all(stats.stages[rank]["bytes_moved"]["disk->device"] > 0 for rank in on_disk)
     assert stats.peak_bytes["device"] == sum(s["peak_bytes"]["device"] for s in stats.stages)
     assert stats.generated_tokens > 0 and stats.total_s > 0
+
+
+def test_auto_plans_each_stage_for_its_own_budgets(model_dirs):
+    """policy="auto": each stage solves for its layers and budgets; they share a block shape."""
+    model_dir = model_dirs("llama")
+    memory = [{"device": "200KiB", "host": "1MiB", "disk": "64MiB"},
+              {"device": "1MiB", "host": "1MiB", "disk": "64MiB"}]
+    params = SamplingParams(max_new_tokens=5)
+    with Engine.from_pretrained(model_dir, dtype=torch.float32) as single:
+        expected = single.generate(PROMPTS, params)
+    with Engine.from_pretrained(model_dir, policy="auto", dtype=torch.float32, memory=memory,
+                                stages=2) as eng:
+        assert eng.generate(PROMPTS, params) == expected
+        stats = eng.stats
+        first, second = eng.policies
+    assert (first.gpu_batch_size, first.num_gpu_batches) == (
+        second.gpu_batch_size, second.num_gpu_batches)
+    assert first.weights.device < second.weights.device  # the tight stage keeps fewer there
+    for stage in stats.stages:
+        assert all(stage["peak_bytes"][tier] <= stage["budgets"][tier] for tier in stage["budgets"])
