@@ -40,10 +40,15 @@ def _used(llm: fw.LLM) -> dict[str, int]:
 
 
 def test_four_threads_share_one_llm(wrangle_model_dir, tmp_path, monkeypatch):
+    """The shared LLM's budgets are what one call at a time peaked at (plus a quarter): calls
+    that overlapped on the engine would need about four times that."""
     options = {"progress": False, "dtype": torch.float32, "policy": OFFLOADED}
     with fw.LLM(wrangle_model_dir, offload_dir=tmp_path / "alone", **options) as alone:
         expected = [_work(alone, thread) for thread in range(THREADS)]
-    with fw.LLM(wrangle_model_dir, offload_dir=tmp_path / "shared", **options) as llm:
+        peaks = alone.engine.stats.peak_bytes
+    memory = {tier: int(1.25 * peaks[tier]) + 4096 for tier in ("device", "host")}
+    with fw.LLM(wrangle_model_dir, offload_dir=tmp_path / "shared", memory=memory,
+                **options) as llm:
         builds = []
         real_build = fw.LLM._build
         monkeypatch.setattr(fw.LLM, "_build", lambda self, policy: (builds.append(1),
