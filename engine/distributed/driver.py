@@ -133,12 +133,13 @@ class StagedEngine:
     def spawn(cls, model_dir: str | Path, stages: int, policy=None, device=None, dtype=None,
               offload_dir=None, memory=None, progress: bool = False,
               allow_compression: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
-              threads: int | None = None,
+              threads: int | None = None, workload=None,
               on_start: Callable[[int, int], None] | None = None) -> StagedEngine:
         """Start the stage processes and wait until each has placed its layers. `threads`:
         torch threads per stage (default: this process's divided among the stages);
         `on_start(rank, pid)`: called as each process starts (e.g. to move it into a memory
-        cgroup) before it reads any weight."""
+        cgroup) before it reads any weight; `workload` (an `engine.Workload`): what
+        policy="auto" plans each stage for."""
         cfg = ModelConfig.from_pretrained(model_dir)
         slices = stage_slices(cfg.num_layers, stages)
         device = resolve_device(device)
@@ -150,26 +151,38 @@ class StagedEngine:
         root = Path(offload_dir) if offload_dir is not None else Path(tempfile.gettempdir())
         policies, memories = per_stage(policy, stages, "policy"), per_stage(memory, stages, "memory")
         _check_shapes(policies)
-        procs, conns = [], []
-        for rank in range(stages):
+
+        def options_of(rank: int) -> dict:
             stage_device = f"cuda:{rank % gpus}" if gpus else (
                 None if device.type == "cpu" else str(device))
-            options = {"model_dir": str(model_dir), "policy": policies[rank],
-                       "device": stage_device, "dtype": dtype, "offload_dir": offload_dir,
-                       "memory": memories[rank],
-                       "progress": progress, "allow_compression": allow_compression,
-                       "backend": backend, "timeout_s": timeout_s, "threads": threads}
-            proc, conn = _start_stage()
-            procs.append(proc)
-            conns.append(conn)
-            conn.send((rank, stages, store.port, os.getpid(), options))
-            if on_start is not None:
-                on_start(rank, proc.pid)
+            return {"model_dir": str(model_dir), "policy": policies[rank],
+                    "device": stage_device, "dtype": dtype, "offload_dir": offload_dir,
+                    "memory": memories[rank], "progress": progress,
+                    "allow_compression": allow_compression, "backend": backend,
+                    "timeout_s": timeout_s, "threads": threads, "workload": workload}
+
+        procs, conns = [], []
+        try:
+            cls._start_all(procs, conns, stages, store.port, options_of, on_start)
+        except BaseException:
+            _stop(procs, conns, [root])
+            raise
         engine = cls(cfg, slices, procs, conns, store, [root])
         infos = engine._collect("loading its layers")
         engine.policies = [info["policy"] for info in infos]
         engine.offload_dirs = [Path(info["offload_dir"]) for info in infos]
         return engine
+
+    @staticmethod
+    def _start_all(procs: list, conns: list, stages: int, port: int, options_of,
+                   on_start) -> None:
+        for rank in range(stages):
+            proc, conn = _start_stage()
+            procs.append(proc)
+            conns.append(conn)
+            if on_start is not None:  # the stage waits for its first message to do anything
+                on_start(rank, proc.pid)
+            conn.send((rank, stages, port, os.getpid(), options_of(rank)))
 
     # lifecycle ---------------------------------------------------------------------------
     @property

@@ -14,7 +14,10 @@ import torch.distributed as dist
 from engine.config import ModelConfig
 from engine.defaults import default_budgets, default_policy
 from engine.model import LayerSpec
+from engine.policy.hardware import HardwareProfile, load_profile, nominal_profile
 from engine.policy.policy import Policy
+from engine.policy.solver import solve
+from engine.policy.workload import Workload
 
 
 def stage_budgets(device: torch.device, offload_dir: str | Path | None,
@@ -33,19 +36,42 @@ def stage_budgets(device: torch.device, offload_dir: str | Path | None,
 def stage_policy(cfg: ModelConfig, owned: list[LayerSpec], policy: Policy | str | None,
                  dtype: torch.dtype, budgets: dict[str, int], device: torch.device,
                  offload_dir: str | Path | None, allow_compression: bool,
-                 control_group: object = None) -> Policy:
-    """The stage's policy. With "auto" (or None) every stage solves for its own layers, then
-    all take the smallest GPU batch and the fewest GPU batches any stage chose: a smaller
-    block needs no more memory on any tier, so each stage's placement still fits."""
+                 control_group: object = None, workload: Workload | None = None) -> Policy:
+    """The stage's policy. With "auto" (or None) every stage solves for its own layers (for
+    `workload`, else the engine's nominal one), then all take the smallest GPU batch and the
+    fewest GPU batches any stage chose: a smaller block needs no more memory on any tier, so
+    each stage's placement still fits. `fill_pipeline` then cuts the block into enough GPU
+    batches for every stage to have one."""
     if isinstance(policy, Policy):
         return policy
     if policy is not None and policy != "auto":
         raise TypeError(f"policy must be None, 'auto' or a Policy, got {policy!r}")
-    mine = default_policy(cfg, owned, dtype, budgets, device, offload_dir, allow_compression)
-    shapes: list = [None] * dist.get_world_size(control_group)
+    if workload is None:
+        mine = default_policy(cfg, owned, dtype, budgets, device, offload_dir, allow_compression)
+    else:
+        mine = solve(cfg, owned, workload, budgets, _profile(device, offload_dir), dtype,
+                     allow_compression).policy
+    stages = dist.get_world_size(control_group)
+    shapes: list = [None] * stages
     dist.all_gather_object(shapes, (mine.gpu_batch_size, mine.num_gpu_batches),
                            group=control_group)
-    gpu_batch_size = min(size for size, _ in shapes)
-    num_gpu_batches = min(count for _, count in shapes)
-    return dataclasses.replace(mine, gpu_batch_size=gpu_batch_size,
-                               num_gpu_batches=num_gpu_batches)
+    size, count = fill_pipeline(min(size for size, _ in shapes),
+                                min(count for _, count in shapes), stages)
+    return dataclasses.replace(mine, gpu_batch_size=size, num_gpu_batches=count)
+
+
+def fill_pipeline(gpu_batch_size: int, num_gpu_batches: int, stages: int) -> tuple[int, int]:
+    """A block of fewer GPU batches than stages leaves stages idle (stage r + 1 works on the
+    group stage r finished): cut its GPU batches smaller, into at least `stages` of them,
+    keeping the block's rows (or fewer: never more memory)."""
+    if num_gpu_batches >= stages or gpu_batch_size == 1:
+        return gpu_batch_size, num_gpu_batches
+    factor = min(-(-stages // num_gpu_batches), gpu_batch_size)
+    return gpu_batch_size // factor, num_gpu_batches * factor
+
+
+def _profile(device: torch.device, offload_dir: str | Path | None) -> HardwareProfile:
+    try:
+        return load_profile(device, offload_dir)
+    except OSError:  # nowhere to measure the disk: plan with typical rates
+        return nominal_profile(device.type)

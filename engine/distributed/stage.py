@@ -25,6 +25,7 @@ from engine.distributed.split import StageSlice, stage_layers
 from engine.distributed.stage_runner import ReplayBatch, StageRunner
 from engine.engine import Engine, _check_fits
 from engine.model import layer_specs
+from engine.policy.workload import Workload
 from engine.schedule.executor import Executor
 from engine.storage import Ledger, Tiers
 from engine.weights import place_weights
@@ -52,9 +53,11 @@ class StageEngine(Engine):
     @classmethod
     def load(cls, model_dir: str | Path, part: StageSlice, links: StageLinks, policy=None,
              device=None, dtype=None, offload_dir=None, memory=None, progress: bool = False,
-             allow_compression: bool = False, share: int = 1) -> StageEngine:
+             allow_compression: bool = False, share: int = 1,
+             workload: Workload | None = None) -> StageEngine:
         """Read and place only this stage's layers. `share`: how many stages share this
-        machine's free memory when `memory` leaves a tier's budget out."""
+        machine's free memory when `memory` leaves a tier's budget out; `workload`: what
+        policy="auto" plans for (the engine's nominal workload when None)."""
         cfg = ModelConfig.from_pretrained(model_dir)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, cfg, device)
@@ -62,7 +65,7 @@ class StageEngine(Engine):
         every = layer_specs(cfg)
         owned = every[part.start : part.stop]
         policy = stage_policy(cfg, owned, policy, dtype, budgets, device, offload_dir,
-                              allow_compression, links.control_group)
+                              allow_compression, links.control_group, workload)
         _check_fits(cfg, owned, policy, dtype, budgets, shared_ram=device.type == "cpu")
         tiers = Tiers(Ledger(budgets), device, offload_dir)
         try:

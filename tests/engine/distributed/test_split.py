@@ -8,6 +8,7 @@ import torch
 
 from engine.batch import GpuBatch
 from engine.config import ModelConfig
+from engine.distributed.planning import fill_pipeline
 from engine.distributed.split import RECV, SEND, stage_layers, stage_slices
 from engine.distributed.stage import pass_groups
 from engine.distributed.stage_runner import ReplayBatch
@@ -58,3 +59,14 @@ def test_replayed_transitions_give_the_same_batch():
     head.finish()
     other.replay(head.take_transitions())
     assert not other.active and isinstance(other, GpuBatch)
+
+
+@pytest.mark.parametrize(("shape", "stages", "filled"), [
+    ((8, 4), 2, (8, 4)),  # enough GPU batches already
+    ((8, 1), 2, (4, 2)),  # one GPU batch: cut in two, one for each stage
+    ((9, 1), 3, (3, 3)),
+    ((5, 1), 2, (2, 2)),  # never more rows than planned
+    ((1, 1), 3, (1, 1)),  # nothing to cut
+])
+def test_fill_pipeline_gives_every_stage_a_gpu_batch(shape, stages, filled):
+    assert fill_pipeline(*shape, stages) == filled
