@@ -12,6 +12,7 @@ projections, LongRoPE, partial rotary). docs/models.md lists what was checked fo
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,15 @@ _MODEL_TYPES = {
     "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3",
 }
 _HF_MODEL_TYPE = {variant: model_type for model_type, variant in _MODEL_TYPES.items()}
+# Sizes a config.json may give: each a whole number from 1 to its bound, which is far above any
+# released model (vocabularies ~256k, widths ~16k, 126 layers, contexts ~10M positions) and far
+# below what would overflow a size computation or make a plan walk millions of layers.
+SIZE_LIMITS = {
+    "vocab_size": 1 << 24, "hidden_size": 1 << 17, "num_hidden_layers": 1 << 12,
+    "num_attention_heads": 1 << 12, "num_key_value_heads": 1 << 12, "head_dim": 1 << 12,
+    "intermediate_size": 1 << 20, "ffn_dim": 1 << 20, "word_embed_proj_dim": 1 << 17,
+    "max_position_embeddings": 1 << 26,
+}
 # Close relatives that are refused with the reason, not just "unsupported".
 _OUT_OF_SCOPE = {
     "Qwen3MoeForCausalLM": "Qwen3-MoE (mixture-of-experts) checkpoints are out of scope; "
@@ -120,16 +130,69 @@ class ModelConfig:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
-        return cls.from_dict(raw)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} is not a JSON object of settings")
+        try:
+            cfg = cls.from_dict(raw)
+        except ConfigSizeError as err:
+            raise ConfigSizeError(f"{path}: {err}") from None
+        check_against_weights(cfg, Path(model_dir), path)
+        return cfg
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelConfig:
+        check_sizes(raw)
         arch, variant = _variant_of(raw)
         if variant == "opt":
             return _opt_config(raw)
         if variant in ("llama", "mistral", "qwen2"):
             return _llama_config(raw, arch, variant)
         return _NEW_FAMILIES[variant](raw, arch)
+
+
+class ConfigSizeError(ValueError):
+    """A config.json size that is not a sane whole number, or more weights than the files hold."""
+
+
+def check_sizes(raw: dict) -> None:
+    """Every size `raw` gives is a whole number within `SIZE_LIMITS` (before any arithmetic)."""
+    for key, limit in SIZE_LIMITS.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise ConfigSizeError(f"{key} is {value!r}; it must be a whole number from 1 to "
+                                  f"{limit:,}")
+
+
+def implied_values(cfg: ModelConfig) -> int:
+    """Weight values the engine reads for `cfg`: each checkpoint tensor counted once (a tied
+    head reads the embedding matrix)."""
+    from engine.model.layers import layer_specs  # it imports this module
+
+    shapes = {spec.source: spec.shape for layer in layer_specs(cfg) for spec in layer.weights}
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+def check_against_weights(cfg: ModelConfig, model_dir: Path, config_path: Path) -> None:
+    """Refuse a config that implies more weights than the directory's files hold, before
+    anything is allocated: each value takes at least one byte, and safetensors headers give
+    the exact count. A directory without weight files is not checked."""
+    from engine.checkpoint import stored_values  # it imports torch, safetensors
+
+    stored, file_bytes = stored_values(model_dir)
+    if not file_bytes:
+        return
+    implied = implied_values(cfg)
+    held = stored if stored is not None else file_bytes
+    if implied > held:
+        unit = "values" if stored is not None else "bytes, at least one per value"
+        raise ConfigSizeError(
+            f"{config_path} implies {implied:,} weight values (vocab_size {cfg.vocab_size:,}, "
+            f"hidden_size {cfg.hidden_size:,}, {cfg.num_layers:,} layers, intermediate_size "
+            f"{cfg.intermediate_size:,}), but the weight files beside it hold {held:,} {unit}: "
+            "the config does not describe these weights; use the config.json that came with "
+            "them")
 
 
 def _variant_of(raw: dict) -> tuple[str, str]:
