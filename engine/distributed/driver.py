@@ -62,7 +62,7 @@ def _exit_text(code: int | None) -> str:
     return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
-def _start_stage() -> tuple[subprocess.Popen, Connection]:
+def _start_stage(preexec: Callable[[], None] | None) -> tuple[subprocess.Popen, Connection]:
     """A fresh interpreter running `engine.distributed.worker`, and a pipe to it (a socket
     pair). Not multiprocessing's spawn: that re-imports the caller's main module, which a
     script without a `__main__` guard cannot survive."""
@@ -72,7 +72,7 @@ def _start_stage() -> tuple[subprocess.Popen, Connection]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.distributed.worker", str(child_end.fileno())],
-        pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL)
+        pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL, preexec_fn=preexec)
     child_end.close()
     return proc, Connection(parent_end.detach())
 
@@ -134,12 +134,13 @@ class StagedEngine:
               offload_dir=None, memory=None, progress: bool = False,
               allow_compression: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
               threads: int | None = None, workload=None,
-              on_start: Callable[[int, int], None] | None = None) -> StagedEngine:
+              preexec_of: Callable[[int], Callable[[], None] | None] | None = None,
+              ) -> StagedEngine:
         """Start the stage processes and wait until each has placed its layers. `threads`:
         torch threads per stage (default: this process's divided among the stages);
-        `on_start(rank, pid)`: called as each process starts (e.g. to move it into a memory
-        cgroup) before it reads any weight; `workload` (an `engine.Workload`): what
-        policy="auto" plans each stage for."""
+        `preexec_of(rank)`: a function for stage `rank`'s process to run before it starts
+        Python (e.g. joining a memory cgroup, so that all of it is counted); `workload` (an
+        `engine.Workload`): what policy="auto" plans each stage for."""
         cfg = ModelConfig.from_pretrained(model_dir)
         slices = stage_slices(cfg.num_layers, stages)
         device = resolve_device(device)
@@ -163,7 +164,7 @@ class StagedEngine:
 
         procs, conns = [], []
         try:
-            cls._start_all(procs, conns, stages, store.port, options_of, on_start)
+            cls._start_all(procs, conns, stages, store.port, options_of, preexec_of)
         except BaseException:
             _stop(procs, conns, [root])
             raise
@@ -175,13 +176,11 @@ class StagedEngine:
 
     @staticmethod
     def _start_all(procs: list, conns: list, stages: int, port: int, options_of,
-                   on_start) -> None:
+                   preexec_of) -> None:
         for rank in range(stages):
-            proc, conn = _start_stage()
+            proc, conn = _start_stage(preexec_of(rank) if preexec_of is not None else None)
             procs.append(proc)
             conns.append(conn)
-            if on_start is not None:  # the stage waits for its first message to do anything
-                on_start(rank, proc.pid)
             conn.send((rank, stages, port, os.getpid(), options_of(rank)))
 
     # lifecycle ---------------------------------------------------------------------------
