@@ -24,6 +24,7 @@ from transformers import (
     LlamaConfig,
     OPTConfig,
     PretrainedConfig,
+    Qwen2Config,
 )
 
 from benchmarks import CACHE_DIR
@@ -49,6 +50,20 @@ _LLAMA_1B = dict(  # Llama-3.2-1B's shape: GQA (32 query heads over 8 KV heads),
     bos_token_id=1,
     eos_token_id=2,
 )
+_QWEN2_05B = dict(  # Qwen2-0.5B's shape: 14 query heads over 2 KV heads, q/k/v bias, tied head
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    bos_token_id=1,
+    eos_token_id=2,
+)
 _TINY = dict(vocab_size=1000, hidden_size=64, num_attention_heads=4, num_hidden_layers=2)
 
 # name -> (config class, kwargs). Token ids 0..3 are specials; prompts never use them, and
@@ -65,6 +80,7 @@ PRESETS: dict[str, tuple[type[PretrainedConfig], dict]] = {
     "opt-6.7b": (OPTConfig, {**_OPT, "hidden_size": 4096, "num_hidden_layers": 32,
                              "ffn_dim": 16384, "num_attention_heads": 32}),
     "llama-1b-gqa": (LlamaConfig, _LLAMA_1B),
+    "qwen2-0.5b": (Qwen2Config, _QWEN2_05B),
     # tiny shapes for tests and smoke runs
     "tiny-opt": (OPTConfig, {**_OPT, **_TINY, "ffn_dim": 128, "max_position_embeddings": 512}),
     "tiny-llama": (LlamaConfig, {**_TINY, "intermediate_size": 128, "num_key_value_heads": 2,

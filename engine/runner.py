@@ -12,7 +12,7 @@ import torch
 from engine.batch import CacheEntry, GpuBatch
 from engine.config import ModelConfig
 from engine.consumers import PrefixCapture, Sampler, Scorer
-from engine.model import LayerSpec, math
+from engine.model import LayerSpec, kernels, math
 from engine.model.workspace import workspace_bytes
 from engine.policy.policy import Policy
 from engine.storage import Lease, Placed, Tiers
@@ -37,12 +37,16 @@ class BlockRunner:
         self.hidden_tiers = choose_tiers([1] * entries, policy.activations)
         self.hidden: dict[tuple[int, int], Placed] = {}
         self.fresh_versions: dict[tuple[int, int], int] = {}  # prefill caches not yet stored
+        self.pack_weights = kernels.packing_supported(tiers.device, dtype)
 
     def _entry(self, layer: int, batch: int) -> int:
         return layer * len(self.batches) + batch
 
     # weights ---------------------------------------------------------------------------
     def load_weights(self, layer: int) -> dict[str, Lease]:
+        if self.pack_weights:  # homes used in place: packed once for oneDNN (model.kernels)
+            kernels.pack_homes({name: placed for name, placed in self.weights[layer].items()
+                                if self.tiers.in_place(placed.tier)})
         return {
             name: self.tiers.fetch(placed, f"layer {layer} weight {name}")
             for name, placed in self.weights[layer].items()

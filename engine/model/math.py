@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ModelConfig
+from engine.model import kernels
 from engine.model.layers import LayerSpec
 from engine.model.step import StepInputs
 
@@ -27,8 +28,35 @@ _ACTIVATIONS = {
 }
 
 
-def linear(w: Weights, name: str, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
+def linear(w: Weights, name: str, x: torch.Tensor, activation: str | None = None
+           ) -> torch.Tensor:
+    """x [..., K] -> [..., N] by layer `name`, then `activation` (a `_ACTIVATIONS` name)."""
+    weight, bias = w[f"{name}.weight"], w.get(f"{name}.bias")
+    if kernels.is_packed(weight):
+        fused = activation in kernels.FUSED_ACTIVATIONS
+        out = kernels.packed_linear(x, weight, bias, activation if fused else None)
+        return out if fused or activation is None else _ACTIVATIONS[activation](out)
+    out = F.linear(x, weight, bias)
+    return out if activation is None else _ACTIVATIONS[activation](out)
+
+
+def linear_add(w: Weights, name: str, x: torch.Tensor, other: torch.Tensor | None
+               ) -> torch.Tensor:
+    """linear(x) + other (a residual; None: nothing added), fused when the weight is packed."""
+    weight, bias = w[f"{name}.weight"], w.get(f"{name}.bias")
+    if other is None:
+        return linear(w, name, x)
+    if kernels.is_packed(weight):
+        return kernels.packed_linear_binary(x, weight, bias, "add", other)
+    return F.linear(x, weight, bias).add_(other)  # on the fresh output: a + x == x + a
+
+
+def linear_mul(w: Weights, name: str, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """linear(x) * other (the gated MLP's up projection times the activated gate)."""
+    weight, bias = w[f"{name}.weight"], w.get(f"{name}.bias")
+    if kernels.is_packed(weight):
+        return kernels.packed_linear_binary(x, weight, bias, "mul", other)
+    return F.linear(x, weight, bias).mul_(other)
 
 
 def norm(cfg: ModelConfig, w: Weights, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +140,15 @@ def _qkv(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> tuple[torch.Tensor, .
 def _attend(cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             mask: torch.Tensor) -> torch.Tensor:
     """q [B, H, T, D], k and v [B, K, S, D], mask [B, 1, T, S] -> [B, H, T, D]."""
+    B, H, T, D = q.shape
+    K = k.shape[1]
+    if (cfg.attn_softcap is None and T == 1 and K != H and q.dtype != torch.float32
+            and q.device.type == "cpu"):
+        # decode, GQA: a kv group's H/K query heads as the query rows of one head, which
+        # SDPA's CPU kernel runs ~25% faster than its enable_gqa (fp32 keeps HF's exact path)
+        grouped = q.reshape(B, K, H // K, D)
+        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=cfg.attn_scale)
+        return out.view(B, H, 1, D)
     if cfg.attn_softcap is None:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=cfg.attn_scale,
@@ -119,8 +156,7 @@ def _attend(cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         )
     # Soft-capped scores (Gemma 2) are not something SDPA computes: HF's eager order, with
     # the heads of a kv group stacked as rows of one matmul instead of repeating k and v.
-    B, H, T, D = q.shape
-    K, S = k.shape[1], k.shape[2]
+    S = k.shape[2]
     scale = cfg.attn_scale if cfg.attn_scale is not None else D**-0.5
     grouped = q.reshape(B, K, (H // K) * T, D)
     scores = torch.matmul(grouped, k.transpose(2, 3)).view(B, H, T, S).mul_(scale)
@@ -133,10 +169,11 @@ def _attend(cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def attention(
     cfg: ModelConfig, w: Weights, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
-    step: StepInputs, layer: LayerSpec | None = None,
+    step: StepInputs, layer: LayerSpec | None = None, residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x [B, T, C]; kv: cache k, v [B, K, S_cap, D], written at columns start..start+T, or for
-    a sliding-window layer a ring [B, K, R, D] (see engine.model.step)."""
+    a sliding-window layer a ring [B, K, R, D] (see engine.model.step). `residual` [B, T, C],
+    if given, is added to the output."""
     B, T, _ = x.shape
     q, k, v = _qkv(cfg, w, x)
     if cfg.family == "llama":
@@ -154,7 +191,7 @@ def attention(
         cache_v[:, :, step.start : end] = v
         mask = step.window_mask if windowed else step.mask
         out = _attend(cfg, q, cache_k[:, :, :end], cache_v[:, :, :end], mask.to(home))
-    return linear(w, "o_proj", out.to(x.device).transpose(1, 2).reshape(B, T, -1))
+    return linear_add(w, "o_proj", out.to(x.device).transpose(1, 2).reshape(B, T, -1), residual)
 
 
 def _ring_attention(cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -175,14 +212,16 @@ def _ring_attention(cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch
     return out
 
 
-def mlp(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> torch.Tensor:
-    act = _ACTIVATIONS[cfg.activation]
+def mlp(cfg: ModelConfig, w: Weights, x: torch.Tensor, residual: torch.Tensor | None = None
+        ) -> torch.Tensor:
+    """x [B, T, C] -> [B, T, C], plus `residual` [B, T, C] if given."""
     if cfg.family == "opt":
-        return linear(w, "fc2", act(linear(w, "fc1", x)))
+        return linear_add(w, "fc2", linear(w, "fc1", x, cfg.activation), residual)
     if cfg.fused_qkv:  # Phi-3: one GEMM for gate and up, split by views
         gate, up = linear(w, "gate_up_proj", x).chunk(2, dim=-1)
-        return linear(w, "down_proj", up * act(gate))
-    return linear(w, "down_proj", act(linear(w, "gate_proj", x)).mul_(linear(w, "up_proj", x)))
+        return linear_add(w, "down_proj", up * _ACTIVATIONS[cfg.activation](gate), residual)
+    gated = linear_mul(w, "up_proj", x, linear(w, "gate_proj", x, cfg.activation))
+    return linear_add(w, "down_proj", gated, residual)
 
 
 def decoder(
@@ -195,9 +234,9 @@ def decoder(
         h = attention(cfg, w, norm(cfg, w, "attn_norm", x), kv, step, layer)
         x = norm(cfg, w, "post_attn_norm", h).add_(x)
         return norm(cfg, w, "post_mlp_norm", mlp(cfg, w, norm(cfg, w, "mlp_norm", x))).add_(x)
-    if cfg.pre_norm:  # residual sums in place on the fresh branch outputs (a + x == x + a)
-        x = attention(cfg, w, norm(cfg, w, "attn_norm", x), kv, step, layer).add_(x)
-        return mlp(cfg, w, norm(cfg, w, "mlp_norm", x)).add_(x)
+    if cfg.pre_norm:  # the residual sums fused into the branches' last projections
+        x = attention(cfg, w, norm(cfg, w, "attn_norm", x), kv, step, layer, residual=x)
+        return mlp(cfg, w, norm(cfg, w, "mlp_norm", x), residual=x)
     x = norm(cfg, w, "attn_norm", attention(cfg, w, x, kv, step, layer).add_(x))
     return norm(cfg, w, "mlp_norm", mlp(cfg, w, x).add_(x))
 
@@ -208,7 +247,11 @@ def head(cfg: ModelConfig, w: Weights, x: torch.Tensor) -> torch.Tensor:
         x = norm(cfg, w, "norm", x)
     if cfg.has_projection:
         x = linear(w, "project_out", x)  # [B, E]
-    logits = F.linear(x, w["lm_head"])
+    head_weight = w["lm_head"]
+    if kernels.is_packed(head_weight):
+        logits = kernels.packed_linear(x, head_weight, None)
+    else:
+        logits = F.linear(x, head_weight)
     if cfg.final_softcap is not None:  # in the model dtype, as HF, before the cast
         cap = cfg.final_softcap
         logits = torch.tanh(logits / cap) * cap
