@@ -9,7 +9,7 @@ On a CPU the device and host tiers are the same RAM: a host-resident tensor is c
 where it lives and a computed tensor is homed on the host without a copy; only the charges move
 between the tiers' budgets (and no bytes are counted on the host->device link). Reads from the
 disk tier land in reusable staging buffers (`BufferPool`), charged while held. Every disk home
-records the CRC-32 of what was written and every read verifies it (`disk.read_file`); a failed
+records the checksum of what was written and every read verifies it (`disk.read_file`); a failed
 read or write raises an `OffloadFileError` / `OSError` naming the tensor, the tier and the file.
 """
 
@@ -41,7 +41,7 @@ class Placed:
     tensor: torch.Tensor | None = None
     path: Path | None = None
     quant: QuantMeta | None = None  # set when the home holds 4-bit codes of the tensor
-    checksum: int | None = None  # CRC-32 of the offload file's bytes, verified on every read
+    checksum: int | None = None  # of the offload file's bytes (disk.CHECKSUM), verified on reads
 
     @property
     def nbytes(self) -> int:

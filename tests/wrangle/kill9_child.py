@@ -59,6 +59,7 @@ def _pandas(model: str, offload: str) -> None:
 
     with _llm(model, offload) as llm:
         frame = pd.DataFrame({"text": column(20000)})
+        llm.classify(pa.array(column(2)), ["yes", "no"])  # the engine is built
         print("started", flush=True)
         frame.flexgen.classify("text", ["yes", "no"], llm=llm)
 
@@ -68,6 +69,7 @@ def _arrow(model: str, offload: str) -> None:
 
     with _llm(model, offload) as llm:
         table = pa.table({"text": column(20000)})
+        llm.classify(pa.array(column(2)), ["yes", "no"])  # the engine is built
         reader = classify_reader(table.to_reader(max_chunksize=500), "text", ["yes", "no"], llm,
                                  block_rows=500)
         for index, _ in enumerate(reader):

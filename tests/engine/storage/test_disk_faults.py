@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import zlib
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,19 @@ def test_a_corrupted_cache_file_between_tokens(model_dirs, reference, tmp_path, 
         assert _files(eng) == {OWNER_FILE}
         monkeypatch.setattr(Executor, "drain", real_drain)
         assert eng.generate(PROMPTS, PARAMS) == reference
+
+
+@pytest.mark.parametrize("digest", ["crc32", "xxh3-64"])
+def test_either_checksum_catches_a_flipped_bit(tmp_path, monkeypatch, digest):
+    """The checksum is xxh3-64 when `xxhash` is installed, CRC-32 otherwise: both verify."""
+    if digest == "xxh3-64":
+        xxhash = pytest.importorskip("xxhash")
+        monkeypatch.setattr(disk, "_digest", xxhash.xxh3_64_intdigest)
+    else:
+        monkeypatch.setattr(disk, "_digest", zlib.crc32)
+    path, data = tmp_path / "t.bin", torch.arange(3000, dtype=torch.float32)
+    checksum = disk.write_file(path, data, checksum=True)
+    assert torch.equal(disk.read_file(path, 12000, checksum=checksum).view(torch.float32), data)
+    _flip_byte(path, 11999)
+    with pytest.raises(disk.OffloadFileError, match=f"{path} is corrupted"):
+        disk.read_file(path, 12000, checksum=checksum)
