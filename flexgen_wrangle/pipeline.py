@@ -76,6 +76,7 @@ def run_column(llm: Any, task: Task, texts: pa.Array,
     distinct = Distinct.of(values, options.dedup)
     stats = RunStats(task.name, rows=len(values), computed_rows=len(distinct.texts))
     stats.null_rows = sum(index is None for index in distinct.of_row)
+    _check_prefix(llm, task)
     results: dict[int, Any] = {}
     with tqdm(total=len(values), unit="rows", desc=f"flexgen {task.name}",
               disable=not options.progress) as bar:
@@ -91,13 +92,15 @@ def run_column(llm: Any, task: Task, texts: pa.Array,
 
 def _run_window(llm: Any, task: Task, distinct: Distinct, window: range,
                 options: PipelineOptions, stats: RunStats, results: dict, bar: tqdm) -> None:
-    groups = _groups(llm, task, distinct, window, options.share_prefix)
+    groups = _groups(llm, task, distinct, window, options.share_prefix, stats, bar)
+    if not groups:  # every row of the window was too long for the model
+        return
     began = time.perf_counter()
     engine = _prepare_engine(llm, task, groups, len(distinct.texts))
     stats.setup_seconds += time.perf_counter() - began
     block_rows = max(1, options.block_rows or engine.policy.block_size)
     for group in groups:
-        fits = _fitting(group, task.min_new_positions, llm.max_positions, distinct, stats, bar)
+        fits = list(group.items)
         if options.bucket:
             fits.sort(key=lambda item: len(item[1]))
         for block in _chunks(fits, block_rows):
@@ -114,37 +117,57 @@ def _prepare_engine(llm: Any, task: Task, groups: list[Group], rows: int) -> Any
     return llm.prepare(rows, lengths, gen_len, prefix_len)
 
 
-def _fitting(group: Group, min_new: int, limit: int, distinct: Distinct, stats: RunStats,
-             bar: tqdm) -> list[tuple[int, list[int]]]:
-    """The group's rows that leave `min_new` positions free; the others fail (NULL, counted)."""
-    fits = []
-    for index, ids in group.items:
-        length = len(group.prefix or []) + len(ids)
-        if length + min_new > limit:
-            reason = f"prompt too long: {length} tokens; the model has {limit} positions"
-            stats.add_failure(distinct.first_row[index], reason, distinct.counts[index])
-            bar.update(distinct.counts[index])
-        else:
-            fits.append((index, ids))
-    return fits
+def _check_prefix(llm: Any, task: Task) -> None:
+    """The prompt's shared part (instruction, labels, schema) leaves room for a row and the
+    answer; otherwise no row could ever fit, and the task is refused before any model work."""
+    encoder = llm.encoder
+    prefix = encoder.encode_prefix(encoder.frame(task.prefix_text))
+    if len(prefix) + 1 + task.min_new_positions > llm.max_positions:
+        raise task.prefix_too_long(len(prefix), llm.max_positions)
 
 
-def _groups(llm: Any, task: Task, distinct: Distinct, window: range,
-            share_prefix: bool) -> list[Group]:
-    """Tokenize the window; rows whose ids start with the shared prefix form the first group."""
+def _groups(llm: Any, task: Task, distinct: Distinct, window: range, share_prefix: bool,
+            stats: RunStats, bar: tqdm) -> list[Group]:
+    """Tokenize the window; rows too long for the model fail (NULL, counted, never cut to fit);
+    rows whose ids start with the shared prefix form the first group."""
     encoder = llm.encoder
     frame = encoder.frame(task.prefix_text)
-    full = encoder.encode(frame, [task.row_text(distinct.texts[index]) for index in window])
-    prefix = shared_prefix(encoder.encode_prefix(frame), full[0]) if share_prefix else []
+    max_tokens = llm.max_positions - task.min_new_positions  # of a whole prompt
+    kept = []
+    for index in window:
+        if encoder.surely_too_long(distinct.texts[index], max_tokens):
+            _too_long(task, llm, distinct, index, f"more than {max_tokens}", stats, bar)
+        else:
+            kept.append(index)
+    full = []
+    texts = [task.row_text(distinct.texts[index]) for index in kept]
+    for index, ids in zip(kept, encoder.encode(frame, texts, max_tokens), strict=True):
+        if len(ids) > max_tokens:  # cut at max_tokens + 1
+            _too_long(task, llm, distinct, index, f"more than {max_tokens}", stats, bar)
+        else:
+            full.append((index, ids))
+    if not full:
+        return []
+    prefix = shared_prefix(encoder.encode_prefix(frame), full[0][1]) if share_prefix else []
     if not prefix:
-        return [Group(None, list(zip(window, full, strict=True)))]
+        return [Group(None, full)]
     shared, alone = [], []
-    for index, ids in zip(window, full, strict=True):
+    for index, ids in full:
         if len(ids) > len(prefix) and ids[: len(prefix)] == prefix:
             shared.append((index, ids[len(prefix):]))
         else:
             alone.append((index, ids))
     return [group for group in (Group(prefix, shared), Group(None, alone)) if group.items]
+
+
+def _too_long(task: Task, llm: Any, distinct: Distinct, index: int, tokens: str,
+              stats: RunStats, bar: tqdm) -> None:
+    reason = (f"prompt too long: {tokens} tokens ({len(distinct.texts[index]):,} characters); "
+              f"the model has {llm.max_positions} positions and {task.name} needs "
+              f"{task.min_new_positions} of them after the prompt. Rows that do not fit are "
+              "NULL, never cut: shorten the text to keep it")
+    stats.add_failure(distinct.first_row[index], reason, distinct.counts[index])
+    bar.update(distinct.counts[index])
 
 
 def _run_block(llm: Any, task: Task, prefix: list[int] | None, block: list[tuple[int, list[int]]],

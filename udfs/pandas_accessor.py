@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from flexgen_wrangle.columns import as_text_array
+from flexgen_wrangle.columns import as_text_array, python_text
 from flexgen_wrangle.errors import ColumnNotFoundError, ColumnTypeError
 from flexgen_wrangle.jobs import ColumnJob
 from flexgen_wrangle.template import Template
@@ -34,6 +34,8 @@ def to_pandas(array: pa.Array, index: pd.Index, name: str | None = None) -> pd.S
 def _arrow_column(series: pd.Series, name: str) -> pa.Array:
     try:
         return pa.array(series, from_pandas=True)
+    except UnicodeEncodeError:  # lone surrogates: repaired (U+FFFD) and warned about
+        return python_text(series.tolist(), name)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as err:
         raise ColumnTypeError(f"cannot be read as Arrow data: {err}", column=name) from None
 

@@ -28,6 +28,9 @@ class Task(Protocol):
     def output_tokens(self, raw: Any) -> int:
         """Tokens generated (or scored) for one row."""
 
+    def prefix_too_long(self, prefix_tokens: int, positions: int) -> Exception:
+        """The error to raise when the shared prompt leaves no room for a row (what to cut)."""
+
 
 def strip_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> tuple[list[int], bool]:
     """(ids without a final stop id, whether the output ended with one)."""

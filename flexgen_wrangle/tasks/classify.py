@@ -69,7 +69,8 @@ class Classify:
                 raise LabelsError(f"label {label!r} encodes to no tokens")
             if tuple(candidate) in seen:
                 raise LabelsError(f"labels {seen[tuple(candidate)]!r} and {label!r} encode to "
-                                  "the same tokens")
+                                  f"the same tokens {candidate}, so the model cannot tell them "
+                                  "apart; rename or merge one of them")
             seen[tuple(candidate)] = label
 
     def row_text(self, text: str) -> str:
@@ -88,3 +89,16 @@ class Classify:
 
     def output_tokens(self, raw: Any) -> int:
         return sum(len(candidate) for candidate in self.candidates)
+
+    def prefix_too_long(self, prefix_tokens: int, positions: int) -> LabelsError:
+        longest = max(range(len(self.labels)), key=lambda idx: len(self.candidates[idx]))
+        return LabelsError(
+            f"the prompt's shared part (instruction, examples and the list of "
+            f"{len(self.labels)} labels) takes {prefix_tokens} tokens and the longest label, "
+            f"{_shown(self.labels[longest])}, {len(self.candidates[longest])} more; the model "
+            f"has {positions} positions, leaving no room for a row. Use fewer or shorter labels "
+            "(or a model with a longer context)")
+
+
+def _shown(label: str, chars: int = 40) -> str:
+    return repr(label if len(label) <= chars else label[:chars] + "...")

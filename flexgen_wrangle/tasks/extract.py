@@ -64,3 +64,10 @@ class Extract:
 
     def output_tokens(self, raw: list[int]) -> int:
         return len(raw)
+
+    def prefix_too_long(self, prefix_tokens: int, positions: int) -> SchemaError:
+        return SchemaError(
+            f"the prompt's shared part (instruction, examples and the schema of "
+            f"{len(self.schema.fields)} fields) takes {prefix_tokens} tokens; the model has "
+            f"{positions} positions, leaving no room for a row and its answer. Extract fewer "
+            "fields per call (several calls over the same column) or shorten the examples")

@@ -70,3 +70,8 @@ class Generate:
 
     def output_tokens(self, raw: list[int]) -> int:
         return len(raw)
+
+    def prefix_too_long(self, prefix_tokens: int, positions: int) -> ValueError:
+        return ValueError(f"the template's shared text before the row takes {prefix_tokens} "
+                          f"tokens; the model has {positions} positions, leaving no room for a "
+                          "row and its answer: shorten it")
