@@ -113,7 +113,7 @@ def test_kill_9_of_run_leaves_no_offload_directory_and_resumes(wrangle_model_dir
     rng = random.Random(seed)
     source, tmp = tmp_path / "in.parquet", tmp_path / "tmp"
     tmp.mkdir()
-    pq.write_table(pa.table({"id": list(range(600)), "text": column(600)}), source)
+    pq.write_table(pa.table({"id": list(range(1500)), "text": column(1500)}), source)
     assert cli.main(_argv(wrangle_model_dir, source, tmp_path / "ref.parquet")) == 0
     out = tmp_path / "out.parquet"
     env = {**os.environ, "TMPDIR": str(tmp)}
@@ -122,11 +122,14 @@ def test_kill_9_of_run_leaves_no_offload_directory_and_resumes(wrangle_model_dir
         child = subprocess.Popen([sys.executable, "-m", "flexgen_wrangle.cli", *argv], cwd=ROOT,
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
-        while not _offload_dirs(tmp, child.pid):  # its engine is built
-            assert time.monotonic() < deadline and child.poll() is None, (seed, kill)
+        while not _offload_dirs(tmp, child.pid) and child.poll() is None:  # engine built
+            assert time.monotonic() < deadline, (seed, kill)
             time.sleep(0.02)
+        if child.poll() is not None:  # the resumed run had little left and finished
+            assert child.returncode == 0, (seed, kill, child.communicate()[1])
+            break
         assert len(_offload_dirs(tmp)) == 1, (seed, kill)  # the dead one's removed at start
-        time.sleep(rng.uniform(0.0, 2.0))
+        time.sleep(rng.uniform(0.0, 1.0))
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=60)
         # left behind until the next start (none if the kill fell between two engines: a
