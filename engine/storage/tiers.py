@@ -219,7 +219,7 @@ class Tiers:
                 self.staging.give(buffer)
         except OSError as err:
             placed.path, placed.checksum = None, None  # write_file removed the partial file
-            raise self._write_error(err, placed.nbytes) from err
+            raise self._write_error(err, disk.padded_size(placed.nbytes)) from err
 
     def _write_error(self, err: OSError, num_bytes: int) -> OSError:
         if err.errno == errno.ENOSPC:
