@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-slow lint bench-quick bench-peers clean
+.PHONY: demo test test-slow lint bench-quick bench-peers gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench-quick: $(VENV)/.installed
 # PEERS=llamacpp or PEERS=vllm_cpu for one; PEERS_NICE=10 to build beside a benchmark.
 bench-peers: $(VENV)/.installed
 	$(PY) -m benchmarks.peers build $(PEERS) --nice $(or $(PEERS_NICE),0)
+
+# The GPU tests and one short benchmark (< 6 min on one H100/H200), results to
+# benchmarks/results/gpu-check.json (GPU_CHECK_OUT=...); without a GPU: a "no GPU" line, exit 0.
+gpu-check: $(VENV)/.installed
+	$(PY) -m benchmarks.gpu_check --out $(or $(GPU_CHECK_OUT),benchmarks/results/gpu-check.json)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
