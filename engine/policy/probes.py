@@ -24,6 +24,7 @@ from engine.model import layer_specs, math
 from engine.model.step import StepInputs
 from engine.policy.hardware import HardwareProfile, disk_root, free_bytes
 from engine.storage import disk
+from engine.storage.offload_dirs import scratch_dir
 
 MiB = 1024**2
 
@@ -59,7 +60,7 @@ def disk_rates(directory: Path, num_bytes: int = 32 * MiB) -> dict[str, float]:
     """Offload-file rates in `directory`: bandwidth of large reads and writes, and the fixed
     cost of one small read (4 KiB) and one small write (64 KiB, less its transfer time), as the
     median of a few: writes that sync to the device cost milliseconds each."""
-    with tempfile.TemporaryDirectory(prefix="flexgen-probe-", dir=directory) as tmp:
+    with scratch_dir(directory, prefix="flexgen-probe-") as tmp:  # owned: kill -9 safe
         big, small = Path(tmp) / "big.bin", Path(tmp) / "small.bin"
         data = torch.ones(num_bytes, dtype=torch.uint8)
         write = num_bytes / _best(lambda: disk.write_file(big, data), 2, lambda: None)

@@ -10,11 +10,13 @@ program's, or a live engine's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -50,17 +52,28 @@ def _alive(owner: dict) -> bool:
     return False
 
 
-def make_offload_dir(parent: Path | None) -> Path:
-    """A fresh `flexgen-*` directory under `parent` (the system temp dir when None), with its
-    owner record; first removes the stale ones it finds there."""
+def make_offload_dir(parent: Path | None, prefix: str = PREFIX) -> Path:
+    """A fresh `flexgen-*` directory (`prefix` starts with PREFIX) under `parent` (the system
+    temp dir when None), with its owner record; first removes the stale ones it finds there."""
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
     root = parent if parent is not None else Path(tempfile.gettempdir())
     remove_stale(root)
-    path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=root))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     record = {"pid": os.getpid(), "start": _start_time(os.getpid())}
     (path / OWNER_FILE).write_text(json.dumps(record))
     return path
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path | None, prefix: str) -> Iterator[Path]:
+    """A short-lived owned directory (the disk probe's): removed at the end, and by the next
+    engine if this process is killed first."""
+    path = make_offload_dir(parent, prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_stale(root: Path) -> list[Path]:
