@@ -1,0 +1,127 @@
+"""The chart of docs/benchmarks.md: per workload, our engine's tok/s over each peer's (from one
+invocation) and its share of the physical floor; per wrangling column, our rows/s over
+vLLM-CPU's (load included). Drawn from the recorded results (matplotlib: the `bench` extra).
+
+    python -m benchmarks.chart [--out docs/benchmarks-ratios.png] [RESULTS.json ...]
+
+Without files: for each workload key, the newest results file of benchmarks/results/ that has
+it (with a peer), and the newest wrangle-*.json. Ours is the `pipeline:pipeline` row (the
+wrangling workload's headline), else `ours:auto`, else the first `ours` row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from benchmarks import RESULTS_DIR
+from benchmarks.report import is_peer
+
+OURS = ("pipeline:pipeline", "ours:auto")  # the headline row of a workload, in this order
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-ratios.png"
+
+
+def newest_per_workload(files: list[Path]) -> dict[str, dict]:
+    """workload key -> (its workload record) from the newest file that ran it."""
+    chosen: dict[str, dict] = {}
+    for path in sorted(files):  # timestamped names: later files win, if they have ratios
+        record = json.loads(path.read_text())
+        for workload in record.get("workloads", []):
+            if ratios(workload):
+                chosen[workload["workload"]["key"]] = dict(workload, source=path.name)
+    return chosen
+
+
+def ratios(workload: dict) -> dict[str, float]:
+    """'vs <peer>' -> ours tok/s / the peer's, and 'of floor' -> floor s / our generate s."""
+    rows = [row for row in workload["summary"] if "tok_per_s" in row]
+    ours = next((row for label in OURS for row in rows if row["label"] == label),
+                next((row for row in rows if row["runner"] == "ours"), None))
+    if ours is None:
+        return {}
+    out = {f"vs {row['label']}": ours["tok_per_s"] / row["tok_per_s"]
+           for row in rows if is_peer(row)}
+    if not out:
+        return {}
+    if ours.get("x_floor"):
+        out["of floor"] = 1.0 / ours["x_floor"]
+    return out
+
+
+def wrangle_ratios(record: dict) -> dict[str, dict[str, float]]:
+    """column -> {'vs vllm_cpu': ours rows/s / vLLM's, load included}, medians of the runs."""
+    runs = record["runs"]
+    if not runs.get("ours") or not runs.get("vllm_cpu"):
+        return {}
+
+    def with_load(system: str, column: str) -> float | None:
+        rates = []
+        for run in runs[system]:
+            summary = run["summary"]
+            if summary:
+                seconds = summary["load_s"] + summary["columns"][column]["seconds"]
+                rows = next(c["rows"] for c in run["raw"]["columns"] if c["name"] == column)
+                rates.append(rows / seconds)
+        return statistics.median(rates) if rates else None
+
+    out = {}
+    columns = next((run["summary"]["columns"] for run in runs["ours"] if run["summary"]), {})
+    for column in columns:
+        ours, peer = with_load("ours", column), with_load("vllm_cpu", column)
+        if ours and peer:
+            out[f"wrangle: {column}"] = {"vs vllm_cpu": ours / peer}
+    return out
+
+
+def draw(groups: dict[str, dict[str, float]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = list(dict.fromkeys(name for values in groups.values() for name in values))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(groups) * max(1, len(series))))
+    height = 0.8 / max(1, len(series))
+    labels = list(groups)
+    for idx, name in enumerate(series):
+        ys = [pos + idx * height for pos in range(len(labels))]
+        values = [groups[label].get(name, 0.0) for label in labels]
+        bars = ax.barh(ys, values, height=height, label=name)
+        for bar, value in zip(bars, values, strict=True):
+            if value:
+                ax.text(bar.get_width(), bar.get_y() + height / 2, f" {value:.2f}",
+                        va="center", fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks([pos + 0.4 - height / 2 for pos in range(len(labels))], labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("ours / peer (tok/s or rows/s, one invocation); of floor: floor s / our s")
+    ax.set_title("flexgen-wrangle against the peers and the physical floor")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    files = args.files or sorted(RESULTS_DIR.glob("2*.json"))
+    bench = [path for path in files if not path.name.startswith("wrangle-")]
+    wrangle = [path for path in files if path.name.startswith("wrangle-")] or \
+        sorted(RESULTS_DIR.glob("wrangle-*.json"))[-1:]
+    groups = {f"workload {key}": ratios(workload)
+              for key, workload in newest_per_workload(bench).items()}
+    groups = {label: values for label, values in groups.items() if values}
+    for path in wrangle[-1:]:
+        groups.update(wrangle_ratios(json.loads(path.read_text())))
+    draw(groups, args.out)
+    print(f"{args.out}: {len(groups)} groups")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""benchmarks.chart: the ratios it draws come from the recorded summaries (ours over each
+peer, the floor's share), the newest file with a peer wins, and the PNG is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import chart
+
+
+def _workload(key: str, ours: float, peers: dict[str, float], x_floor: float = 2.0) -> dict:
+    rows = [{"label": "ours:auto", "runner": "ours", "tok_per_s": ours, "x_floor": x_floor}]
+    rows += [{"label": label, "runner": label.split(":")[0], "tok_per_s": rate}
+             for label, rate in peers.items()]
+    return {"workload": {"key": key}, "summary": rows}
+
+
+def test_ratios_are_ours_over_each_peer_and_the_floor_share():
+    got = chart.ratios(_workload("cpu", 90.0, {"hf": 45.0, "vllm_cpu": 100.0}, x_floor=4.0))
+    assert got == {"vs hf": 2.0, "vs vllm_cpu": 0.9, "of floor": 0.25}
+    assert chart.ratios(_workload("1", 90.0, {})) == {}  # no peer: nothing to draw
+
+
+def test_the_newest_file_with_a_peer_wins(tmp_path):
+    old, new, alone = (tmp_path / f"2026120{i}T000000Z.json" for i in (1, 2, 3))
+    old.write_text(json.dumps({"workloads": [_workload("1", 10.0, {"hf": 10.0})]}))
+    new.write_text(json.dumps({"workloads": [_workload("1", 30.0, {"hf": 10.0})]}))
+    alone.write_text(json.dumps({"workloads": [_workload("1", 99.0, {})]}))
+    chosen = chart.newest_per_workload([old, new, alone])
+    assert chart.ratios(chosen["1"])["vs hf"] == 3.0
+
+
+def test_wrangle_ratios_include_the_load():
+    def run(load: float, seconds: float) -> dict:
+        return {"summary": {"load_s": load, "columns": {"reviews": {"seconds": seconds}}},
+                "raw": {"columns": [{"name": "reviews", "rows": 100}]}}
+
+    record = {"runs": {"ours": [run(1.0, 1.0)], "vllm_cpu": [run(90.0, 10.0)]}}
+    assert chart.wrangle_ratios(record) == {"wrangle: reviews": {"vs vllm_cpu": 50.0}}
+
+
+def test_draw_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "ratios.png"
+    chart.draw({"workload cpu": {"vs hf": 2.0, "of floor": 0.5}}, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
