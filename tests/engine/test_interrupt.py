@@ -21,17 +21,25 @@ OFFLOADED = Policy(4, 2, Placement(0, 30, 70), Placement(0, 30, 70), Placement(0
 SEED = 1234  # the interrupt moments; a failure names the one it hit
 
 
-def interrupt_after(delay_s: float) -> list[float]:
-    """SIGINT to the main thread after `delay_s`; the list gets the moment it was sent."""
-    sent: list[float] = []
-    main = threading.main_thread().ident
+class InterruptAfter:
+    """SIGINT to the main thread `delay_s` after entering; `sent` gets the moment it was sent.
+    On exit the timer is cancelled, so a call that ended first is never hit afterwards."""
 
-    def fire() -> None:
-        sent.append(time.monotonic())
-        signal.pthread_kill(main, signal.SIGINT)
+    def __init__(self, delay_s: float) -> None:
+        self.sent: list[float] = []
+        self._main = threading.main_thread().ident
+        self._timer = threading.Timer(delay_s, self._fire)
 
-    threading.Timer(delay_s, fire).start()
-    return sent
+    def _fire(self) -> None:
+        self.sent.append(time.monotonic())
+        signal.pthread_kill(self._main, signal.SIGINT)
+
+    def __enter__(self) -> InterruptAfter:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 def _used(eng: Engine) -> dict[str, int]:
@@ -58,10 +66,9 @@ def test_ctrl_c_during_a_long_generate(model_dirs, reference, tmp_path):
         used = _used(eng)
         for attempt in range(3):
             delay = rng.uniform(0.2, 1.5)
-            sent = interrupt_after(delay)
-            with pytest.raises(KeyboardInterrupt):
-                eng.generate(PROMPTS, LONG)  # ~10 s uninterrupted
-            assert time.monotonic() - sent[0] < 3.0, (attempt, delay)
+            with InterruptAfter(delay) as interrupt, pytest.raises(KeyboardInterrupt):
+                eng.generate(PROMPTS, LONG)  # ~20 s uninterrupted
+            assert time.monotonic() - interrupt.sent[0] < 3.0, (attempt, delay)
             time.sleep(0.3)  # a straggling I/O thread would act now
             assert _idle(eng), (attempt, delay)
             assert _used(eng) == used, (attempt, delay)

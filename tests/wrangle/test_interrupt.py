@@ -20,7 +20,7 @@ import torch
 
 import flexgen_wrangle as fw
 from flexgen_wrangle import cli
-from tests.engine.test_interrupt import interrupt_after
+from tests.engine.test_interrupt import InterruptAfter
 from tests.wrangle.kill9_child import OFFLOADED, column
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,10 +38,9 @@ def test_ctrl_c_during_a_long_column(wrangle_model_dir, tmp_path):
         files = set(engine.offload_dir.iterdir())
         used = dict(engine._tiers.ledger.used)
         delay = rng.uniform(0.3, 1.5)
-        sent = interrupt_after(delay)
-        with pytest.raises(KeyboardInterrupt):
+        with InterruptAfter(delay) as interrupt, pytest.raises(KeyboardInterrupt):
             llm.classify(pa.array(column(5000)), ["yes", "no"])  # about a minute
-        assert time.monotonic() - sent[0] < 3.0, delay
+        assert time.monotonic() - interrupt.sent[0] < 3.0, delay
         time.sleep(0.3)
         assert engine._pool._work_queue.empty() and not engine._tiers.staging._kinds, delay
         assert dict(engine._tiers.ledger.used) == used and set(engine.offload_dir.iterdir()) == files
