@@ -30,7 +30,8 @@ def unwrap(node: dict, path: str) -> tuple[dict, bool]:
     if options is not None:
         rest = [option for option in options if option.get("type") != "null"]
         if len(rest) != 1:
-            raise SchemaError("unions other than `X or null` are not supported", column=path)
+            raise SchemaError("unions other than `X or null` are not supported; give the "
+                              "field one type (a string holds any of them)", column=path)
         inner, _ = unwrap(rest[0], path)
         return inner, len(rest) < len(options)
     types = node.get("type")
@@ -62,6 +63,10 @@ def kind_of(node: dict, path: str) -> str:
             raise SchemaError("an array needs `items` (one schema for every item)", column=path)
         return "list"
     if name == "object" or "properties" in node:
+        if not node.get("properties") and node.get("additionalProperties"):
+            raise SchemaError("a map with free keys (additionalProperties) has no fixed column "
+                              "type; list its keys as properties, or extract a list of "
+                              '{"key", "value"} objects', column=path)
         if not isinstance(node.get("properties"), dict) or not node["properties"]:
             raise SchemaError("an object needs at least one property", column=path)
         return "object"

@@ -132,18 +132,33 @@ def _shorthand_scalar(kind: str | None, spec: str, path: str, max_len: int) -> d
     }[kind]
 
 
-def _inline_refs(node: Any, defs: dict, depth: int) -> Any:
-    """Replace `{"$ref": "#/$defs/Name"}` by its definition (recursive schemas are refused)."""
+def _inline_refs(node: Any, defs: dict, depth: int, path: str = ROOT,
+                 chain: tuple[str, ...] = ()) -> Any:
+    """Replace `{"$ref": "#/$defs/Name"}` by its definition; a recursive schema is refused,
+    naming the field and the definitions that contain themselves."""
     if depth > 32:
-        raise SchemaError("the schema is recursive (or nested deeper than 32 levels)")
+        raise SchemaError("the schema is nested deeper than 32 levels", column=path)
     if isinstance(node, list):
-        return [_inline_refs(item, defs, depth + 1) for item in node]
+        return [_inline_refs(item, defs, depth + 1, path, chain) for item in node]
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
         name = str(node["$ref"]).rsplit("/", 1)[-1]
         if name not in defs:
-            raise SchemaError(f"unresolved reference {node['$ref']!r}")
+            raise SchemaError(f"unresolved reference {node['$ref']!r}", column=path)
+        if name in chain:
+            raise SchemaError(
+                f"the schema is recursive: {name!r} contains itself (through "
+                f"{' -> '.join([*chain, name])}), and a recursive type has no fixed column "
+                "type; cut the recursion (e.g. make this field a list of strings)", column=path)
         merged = {**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}
-        return _inline_refs(merged, defs, depth + 1)
-    return {key: _inline_refs(value, defs, depth + 1) for key, value in node.items()}
+        return _inline_refs(merged, defs, depth + 1, path, (*chain, name))
+    out = {}
+    for key, value in node.items():
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {field: _inline_refs(child, defs, depth + 1, f"{path}.{field}", chain)
+                        for field, child in value.items()}
+        else:
+            child_path = f"{path}[]" if key == "items" else path
+            out[key] = _inline_refs(value, defs, depth + 1, child_path, chain)
+    return out

@@ -16,6 +16,7 @@ from flexgen_wrangle import prompts
 from flexgen_wrangle.encoding import PromptEncoder
 from flexgen_wrangle.errors import LabelsError, ParseError
 
+CANDIDATES_PER_CALL = 128  # labels scored per engine call (each holds a copy of the row caches)
 RESULT_TYPE = pa.struct([pa.field("label", pa.string()), pa.field("probability", pa.float64())])
 
 
@@ -78,7 +79,16 @@ class Classify:
 
     def run(self, engine: Any, prompt_ids: list[list[int]], prefix: list[int] | None,
             max_new_tokens: int) -> list[list[float]]:
-        return engine.score(prompt_ids, self.candidates, prefix=prefix)
+        """Scores per row, the labels scored `CANDIDATES_PER_CALL` at a time: the engine copies
+        each row's cache once per label it scores together, so 1,000 labels at once would hold
+        1,000 copies; each label's score does not depend on the others scored with it."""
+        rows: list[list[float]] = [[] for _ in prompt_ids]
+        for start in range(0, len(self.candidates), CANDIDATES_PER_CALL):
+            chunk = self.candidates[start : start + CANDIDATES_PER_CALL]
+            for row, scores in zip(rows, engine.score(prompt_ids, chunk, prefix=prefix),
+                                   strict=True):
+                row.extend(scores)
+        return rows
 
     def parse(self, raw: list[float]) -> dict:
         if not all(math.isfinite(score) for score in raw):
