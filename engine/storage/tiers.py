@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import itertools
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from engine.storage import disk
 from engine.storage.ledger import Ledger, format_bytes
 from engine.storage.offload_dirs import make_offload_dir
 from engine.storage.pool import BufferPool
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,7 +154,10 @@ class Tiers:
         self.ledger.free(placed.tier, placed.nbytes)
         placed.tensor = None
         if placed.path is not None:
-            placed.path.unlink(missing_ok=True)
+            try:
+                placed.path.unlink(missing_ok=True)
+            except OSError as err:  # e.g. a read-only disk: `close` removes it with the directory
+                logger.warning("cannot remove offload file %s: %s", placed.path, err.strerror)
             placed.path = None
 
     def fetch(self, placed: Placed, what: str) -> Lease:

@@ -5,7 +5,9 @@ leaves the process (and, where its files survive, the engine) usable."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import shutil
 import zlib
 from pathlib import Path
@@ -170,3 +172,46 @@ def test_either_checksum_catches_a_flipped_bit(tmp_path, monkeypatch, digest):
     _flip_byte(path, 11999)
     with pytest.raises(disk.OffloadFileError, match=f"{path} is corrupted"):
         disk.read_file(path, 12000, checksum=checksum)
+
+
+def _read_only_after(monkeypatch, root: Path, stack: contextlib.ExitStack, drains: int) -> list:
+    """Make `root` read-only once `drains` token drains have run; returns the drain counter."""
+    from engine.schedule.executor import Executor
+
+    real_drain, count = Executor.drain, []
+
+    def drain(self):
+        real_drain(self)
+        count.append(1)
+        if len(count) == drains:
+            stack.enter_context(read_only(root))
+
+    monkeypatch.setattr(Executor, "drain", drain)
+    return count
+
+
+@pytest.mark.parametrize("when", ["mid-call", "after the last write"])
+def test_read_only_during_a_call(model_dirs, reference, tmp_path, monkeypatch, when):
+    """Remounted read-only after the second token: the call fails naming the tier, the ledger
+    is as before, the next call is right. After the last write: the block's files cannot be
+    removed, yet the call returns its (right) tokens; close removes what stayed."""
+    with small_disk(tmp_path / "disk", 4 << 20, monkeypatch) as root:
+        if not os.path.ismount(root):
+            pytest.skip("needs a real read-only file system (mount)")
+        with _engine(model_dirs, CACHE_ON_DISK, root) as eng:
+            used = _used(eng)
+            with contextlib.ExitStack() as stack:
+                count = _read_only_after(monkeypatch, root, stack, drains=0)
+                eng.generate(PROMPTS, PARAMS)  # counts the drains of a whole call
+                last = len(count)
+            with contextlib.ExitStack() as stack:
+                _read_only_after(monkeypatch, root, stack, 2 if when == "mid-call" else last - 1)
+                if when == "mid-call":
+                    with pytest.raises(OSError, match=r"cannot take .*Read-only file system"):
+                        eng.generate(PROMPTS, PARAMS)
+                else:
+                    assert eng.generate(PROMPTS, PARAMS) == reference
+                assert _used(eng) == used
+            monkeypatch.undo()
+            assert eng.generate(PROMPTS, PARAMS) == reference
+        assert not list(root.iterdir())
