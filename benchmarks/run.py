@@ -224,7 +224,7 @@ def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> di
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small variants (< 3 min each)")
-    parser.add_argument("--workload", action="append", choices=["1", "2", "3", "4", "4-tight"],
+    parser.add_argument("--workload", action="append", choices=["1", "2", "3", "4", "4-tight", "cpu"],
                         help="repeatable; default: 1 and 2 (3: wrangling, hours at full size)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

