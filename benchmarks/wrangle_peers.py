@@ -251,7 +251,9 @@ def _median(runs: list[dict], key) -> float | None:
 
 def render(record: dict) -> str:
     """Markdown: per system the median load, each column's rows/s and accuracy, the total."""
-    names = [name for name, _, _ in KINDS]
+    summaries = [run["summary"] for runs in record["runs"].values() for run in runs
+                 if run["summary"]]
+    names = list(summaries[0]["columns"]) if summaries else [name for name, _, _ in KINDS]
     head = "| system | load s | " + " | ".join(f"{n} rows/s (acc.)" for n in names) + \
         " | all rows/s incl. load |"
     lines = [head, "|---|---|" + "---|" * len(names) + "---|"]
