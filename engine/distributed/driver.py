@@ -2,9 +2,10 @@
 
 The caller's process holds no layers: it validates the call, sends the same command to every
 stage over a pipe, and returns the last stage's answer. Stages meet in a gloo (or NCCL) group
-through a TCP store this process hosts on a free localhost port. A stage that dies or fails
-ends the call with a `StageError` naming it; every stage process is then stopped and the
-offload directories of the dead are removed, and the engine is closed.
+through a TCP store this process hosts on a free localhost port. Every stage's offload
+directory lives inside one this process owns. A stage that dies or fails ends the call with a
+`StageError` naming it; every stage process is then stopped, that directory removed, and the
+engine closed. Calls from several threads take turns.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import logging
 import multiprocessing.connection as mp_connection
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -36,7 +38,7 @@ from engine.distributed.split import StageSlice, stage_slices
 from engine.distributed.stats import PipelineStats
 from engine.policy.policy import Policy
 from engine.sampling import SamplingParams
-from engine.storage.offload_dirs import remove_stale
+from engine.storage.offload_dirs import make_offload_dir
 from engine.validation import validate_prompts
 
 logger = logging.getLogger(__name__)
@@ -98,8 +100,9 @@ def _check_shapes(policies: list) -> None:
                          f"num_gpu_batches); got {shapes}")
 
 
-def _stop(procs: list, conns: list, roots: list[Path]) -> None:
-    """Stop every stage process still running, then remove what dead stages left on disk."""
+def _stop(procs: list, conns: list, stages_dir: Path) -> None:
+    """Stop every stage process still running, then remove the directory all their offload
+    files live in."""
     for conn in conns:
         conn.close()
     for proc in procs:
@@ -112,18 +115,18 @@ def _stop(procs: list, conns: list, roots: list[Path]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for root in roots:
-        remove_stale(root)
+    shutil.rmtree(stages_dir, ignore_errors=True)
 
 
 class StagedEngine:
     """Use `Engine.from_pretrained(model_dir, stages=N)`; close with `close()` or `with`."""
 
     def __init__(self, cfg: ModelConfig, slices: list[StageSlice], procs: list, conns: list,
-                 store: Any, roots: list[Path]) -> None:
+                 store: Any, stages_dir: Path) -> None:
         self.config, self.slices = cfg, slices
         self._procs, self._conns, self._store = procs, conns, store
-        self._finalizer = weakref.finalize(self, _stop, procs, conns, roots)
+        self._finalizer = weakref.finalize(self, _stop, procs, conns, stages_dir)
+        self._lock = threading.Lock()  # one call at a time: the pipes carry one conversation
         self.policies: list = []
         self.offload_dirs: list[Path] = []
         self._final_stats: PipelineStats | None = None
@@ -149,7 +152,10 @@ class StagedEngine:
         store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                               timeout=timedelta(seconds=timeout_s))
         threads = threads or max(1, torch.get_num_threads() // stages)
-        root = Path(offload_dir) if offload_dir is not None else Path(tempfile.gettempdir())
+        # every stage's offload directory goes inside this one, which this process owns: it is
+        # removed with the stages, whatever they were doing (or by the next engine, should
+        # this process die)
+        stages_dir = make_offload_dir(Path(offload_dir) if offload_dir is not None else None)
         policies, memories = per_stage(policy, stages, "policy"), per_stage(memory, stages, "memory")
         _check_shapes(policies)
 
@@ -157,7 +163,7 @@ class StagedEngine:
             stage_device = f"cuda:{rank % gpus}" if gpus else (
                 None if device.type == "cpu" else str(device))
             return {"model_dir": str(model_dir), "policy": policies[rank],
-                    "device": stage_device, "dtype": dtype, "offload_dir": offload_dir,
+                    "device": stage_device, "dtype": dtype, "offload_dir": str(stages_dir),
                     "memory": memories[rank], "progress": progress,
                     "allow_compression": allow_compression, "backend": backend,
                     "timeout_s": timeout_s, "threads": threads, "workload": workload}
@@ -166,9 +172,9 @@ class StagedEngine:
         try:
             cls._start_all(procs, conns, stages, store.port, options_of, preexec_of)
         except BaseException:
-            _stop(procs, conns, [root])
+            _stop(procs, conns, stages_dir)
             raise
-        engine = cls(cfg, slices, procs, conns, store, [root])
+        engine = cls(cfg, slices, procs, conns, store, stages_dir)
         infos = engine._collect("loading its layers")
         engine.policies = [info["policy"] for info in infos]
         engine.offload_dirs = [Path(info["offload_dir"]) for info in infos]
@@ -263,12 +269,22 @@ class StagedEngine:
 
     # talking to the stages -----------------------------------------------------------------
     def _command(self, command: str, args: tuple) -> list:
-        for rank, conn in enumerate(self._conns):
+        """Every stage's answer to `command`. An interrupted call (Ctrl-C) cannot be taken
+        back from the stages mid-schedule: it stops them, and the engine is closed."""
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("this Engine is closed")
             try:
-                conn.send((command, args))
-            except (BrokenPipeError, ConnectionResetError, EOFError):
-                self._fail(rank, f"during {command}", {})
-        return self._collect(f"during {command}")
+                for rank, conn in enumerate(self._conns):
+                    try:
+                        conn.send((command, args))
+                    except (BrokenPipeError, ConnectionResetError, EOFError):
+                        self._fail(rank, f"during {command}", {})
+                return self._collect(f"during {command}")
+            except BaseException as err:
+                if not isinstance(err, StageError):
+                    self._finalizer()
+                raise
 
     def _collect(self, doing: str) -> list:
         """Each stage's answer, in rank order; the first death or error fails the call."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 import time
 import traceback
@@ -19,11 +20,12 @@ from typing import Any
 PARENT_POLL_S = 0.2
 
 
-def _watch_parent(parent_pid: int, engine_box: list) -> None:
+def _watch_parent(parent_pid: int, stages_dir: str) -> None:
     while os.getppid() == parent_pid:
         time.sleep(PARENT_POLL_S)
-    if engine_box:  # no time for a clean close: the files go, then the process
-        shutil.rmtree(engine_box[0].offload_dir, ignore_errors=True)
+    # no time for a clean close: the files go (every stage's: they all end now), then the
+    # process
+    shutil.rmtree(stages_dir, ignore_errors=True)
     os._exit(3)
 
 
@@ -44,9 +46,9 @@ def _error(err: BaseException) -> tuple[str, str, str]:
 def stage_main(conn: Any) -> None:
     """The stage process: its first message says who it is and what to load."""
     rank, stages, store_port, parent_pid, options = conn.recv()
-    engine_box: list = []
-    threading.Thread(target=_watch_parent, args=(parent_pid, engine_box), daemon=True,
-                     name="flexgen-parent-watch").start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the caller's to handle
+    threading.Thread(target=_watch_parent, args=(parent_pid, options["offload_dir"]),
+                     daemon=True, name="flexgen-parent-watch").start()
     import torch
 
     torch.set_num_threads(options.pop("threads"))
@@ -55,7 +57,6 @@ def stage_main(conn: Any) -> None:
     except BaseException as err:
         conn.send(_error(err))
         return
-    engine_box.append(engine)
     conn.send(("ok", {"policy": engine.policy, "pid": os.getpid(),
                       "offload_dir": str(engine.offload_dir)}))
     _serve(conn, engine)

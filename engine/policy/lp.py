@@ -51,7 +51,9 @@ def memory_terms(cfg: ModelConfig, layers: list[LayerSpec], shape: BlockShape, d
     itemsize, batches = dtype.itemsize, range(len(shape.rows))
     layer_bytes = [sum(int(torch.Size(s.shape).numel()) for s in layer.weights) * itemsize
                    for layer in layers]
-    window = max(a + b for a, b in pairwise(layer_bytes)) if overlap else max(layer_bytes)
+    # with overlap, two neighbouring layers' weights at once (a one-layer pipeline stage: one)
+    window = max((a + b for a, b in pairwise(layer_bytes)), default=max(layer_bytes)) if (
+        overlap) else max(layer_bytes)
     weight_scale = quant_ratio(dtype) if compression.weights else 1.0
     cache_scale = quant_ratio(dtype) if compression.cache else 1.0
     in_flight = 2 + lag if overlap else 1  # this compute's, the next one's, trailing stores

@@ -100,6 +100,7 @@ def test_stages_end_when_the_caller_dies(model_dirs, tmp_path):
     # busy stages see no closed pipe: their watch of the caller ends them
     assert _wait_gone(started["pids"], 5.0), "stage processes outlived their caller"
     assert not any(Path(path).exists() for path in started["dirs"])
+    assert list(offload.iterdir()) == []  # the stages' directory too
 
 
 def test_bad_stage_arguments_fail_before_any_process(model_dirs):
