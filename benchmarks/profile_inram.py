@@ -3,7 +3,8 @@ and per kind of work (matmul, attention, copies, allocation, element-wise, the r
 and dispatch), from one torch-profiler pass over a generate; and a paired A/B of the packed
 oneDNN weights against plain `F.linear` (alternating runs in one process, medians).
 
-    python -m benchmarks.profile_inram --model qwen2-0.5b --rows 32 --prompt-len 256 --gen-len 8
+    python -m benchmarks.profile_inram --model qwen2-0.5b --rows 32 --prompt-len 256 --gen-len 8 \
+        [--plain]
     python -m benchmarks.profile_inram --model qwen2-0.5b --rows 128 --prompt-len 256 \
         --gen-len 32 --ab 3 --no-profile
 
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--ab", type=int, default=0, help="repeats of the packing A/B (0: off)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--plain", action="store_true",
+                        help="profile with plain F.linear weights (packing off)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,10 +177,14 @@ def main(argv: list[str] | None = None) -> None:
                     "gen_len": args.gen_len, "threads": torch.get_num_threads()}
     if not args.no_profile:
         from engine import Engine, SamplingParams
+        from engine.model import kernels
 
+        if args.plain:  # this process only
+            kernels.packing_supported = lambda device, dtype: False
         with Engine.from_pretrained(model_dir, dtype=torch.bfloat16) as engine:
             engine.generate(prompts[:2], SamplingParams(2, ignore_eos=True))  # packs, warms up
             result["profile"] = profile_generate(engine, prompts, args.gen_len)
+        result["plain"] = args.plain
         print(format_breakdown(result["profile"]["ranges"]))
     if args.ab:
         result["packing_ab"] = packing_ab(model_dir, prompts, args.gen_len, args.ab)
