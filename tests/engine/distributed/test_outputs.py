@@ -83,11 +83,12 @@ def test_rows_stopping_early_leave_every_stage(staged):
 
 def test_calls_from_two_threads_take_turns(staged):
     eng, single = staged.eng, staged.single
-    params = SamplingParams(max_new_tokens=4)
-    expected = single.generate(PROMPTS, params)
+    calls = [(PROMPTS, SamplingParams(max_new_tokens=4)),
+             (PROMPTS[:3], SamplingParams(max_new_tokens=6))]  # answers that cannot be mixed up
+    expected = [single.generate(*call) for call in calls]
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: eng.generate(PROMPTS, params), range(2)))
-    assert results == [expected, expected]
+        results = list(pool.map(lambda call: eng.generate(*call), calls))
+    assert results == expected
 
 
 def test_scores_match_hf(staged):
