@@ -235,6 +235,7 @@ class Engine:
                     self._tiers.release(lease)
         with contextlib.suppress(Exception):
             self._free_block(batches, runner, keep_caches=False)
+        self._tiers.staging.forget_lent()
         self._tiers.staging.trim()
         for tier, used in list(self._tiers.ledger.used.items()):
             self._tiers.ledger.free(tier, used - used_before.get(tier, 0))

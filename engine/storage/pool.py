@@ -56,6 +56,15 @@ class BufferPool:
         with self._lock:
             self._idle[self._kinds.pop(buffer.data_ptr())].append(buffer)
 
+    def forget_lent(self) -> None:
+        """After an abandoned block, whose I/O has finished: a buffer still lent out belongs to
+        a lease dropped unreleased (an interrupt between a `take` and its lease); its memory
+        went with the lease, so its charge goes too."""
+        with self._lock:
+            freed = sum(size for size, _ in self._kinds.values())
+            self._kinds.clear()
+            self.ledger.free(self.tier, freed)
+
     def trim(self) -> None:
         """Drop the idle buffers (their memory goes back to the system) and their charges."""
         with self._lock:

@@ -3,6 +3,7 @@ threads are idle, its files and charges are gone, and the same engine then runs 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import threading
@@ -13,6 +14,7 @@ import torch
 
 from engine import Engine, Placement, Policy
 from engine.sampling import SamplingParams
+from engine.storage import disk
 
 PROMPTS = [[3 + row % 50, 4, 5 + row % 7, 6] for row in range(64)]
 LONG = SamplingParams(max_new_tokens=100, ignore_eos=True)
@@ -48,7 +50,7 @@ def _used(eng: Engine) -> dict[str, int]:
 
 def _idle(eng: Engine) -> bool:
     """No I/O queued or running on the engine's pool, no staging buffer lent out."""
-    queue_empty = eng._pool._work_queue.empty()
+    queue_empty = eng._pool is None or eng._pool._work_queue.empty()
     return queue_empty and not eng._tiers.staging._kinds
 
 
@@ -58,17 +60,44 @@ def reference(model_dirs) -> list[list[int]]:
         return eng.generate(PROMPTS[:8], SHORT)
 
 
-def test_ctrl_c_during_a_long_generate(model_dirs, reference, tmp_path):
+class SlowDisk:
+    """Offload reads take 20 ms more (a busy disk), so an interrupt finds reads queued and
+    running on the I/O pool; `running` counts those in progress."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.running, self._lock, self._real = 0, threading.Lock(), disk.read_file
+        monkeypatch.setattr(disk, "read_file", self.read_file)
+
+    def read_file(self, *args, **kwargs):
+        with self._lock:
+            self.running += 1
+        try:
+            time.sleep(0.02)
+            return self._real(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("overlap, slow_disk", [(True, False), (True, True), (False, False)])
+def test_ctrl_c_during_a_long_generate(model_dirs, reference, tmp_path, monkeypatch, overlap,
+                                       slow_disk):
+    """With overlap the interrupt meets I/O queued and running on the pool (many of them on a
+    slow disk), which must all be over when the call returns; without, I/O in the interrupted
+    thread itself."""
     rng = random.Random(SEED)
-    with Engine.from_pretrained(model_dirs("llama"), policy=OFFLOADED, dtype=torch.float32,
+    policy = dataclasses.replace(OFFLOADED, overlap=overlap)
+    slow = SlowDisk(monkeypatch) if slow_disk else None
+    with Engine.from_pretrained(model_dirs("llama"), policy=policy, dtype=torch.float32,
                                 offload_dir=tmp_path) as eng:
         weights = {path.name for path in eng.offload_dir.iterdir()}
         used = _used(eng)
-        for attempt in range(3):
+        for attempt in range(3 if overlap else 2):
             delay = rng.uniform(0.2, 1.5)
             with InterruptAfter(delay) as interrupt, pytest.raises(KeyboardInterrupt):
                 eng.generate(PROMPTS, LONG)  # ~20 s uninterrupted
             assert time.monotonic() - interrupt.sent[0] < 3.0, (attempt, delay)
+            assert slow is None or slow.running == 0, "I/O still running after the call"
             time.sleep(0.3)  # a straggling I/O thread would act now
             assert _idle(eng), (attempt, delay)
             assert _used(eng) == used, (attempt, delay)
