@@ -63,11 +63,12 @@ def norm(cfg: ModelConfig, w: Weights, name: str, x: torch.Tensor) -> torch.Tens
     weight = w[f"{name}.weight"]
     if cfg.family == "opt":
         return F.layer_norm(x, (x.shape[-1],), weight, w.get(f"{name}.bias"), cfg.norm_eps)
-    x32 = x.float()  # RMSNorm in fp32, as HF does
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
+    x32 = x.float()  # RMSNorm in fp32, as HF does (a copy, unless x is fp32 already)
+    scale = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
+    x32 = x32 * scale if x32 is x else x32.mul_(scale)  # never in place on the caller's x
     if cfg.gemma_norm:  # Gemma scales in fp32 by (1 + w), then casts
         return (x32 * (1.0 + weight.float())).to(x.dtype)
-    return weight * x32.to(x.dtype)
+    return x32.to(x.dtype).mul_(weight)  # weight * x, in place on the fresh result
 
 
 def rotary(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype,
