@@ -36,6 +36,7 @@ from engine.consumers import Scorer
 from engine.defaults import resolve_device
 from engine.distributed.split import StageSlice, stage_slices
 from engine.distributed.stats import PipelineStats
+from engine.model import layer_specs
 from engine.policy.policy import Policy
 from engine.sampling import SamplingParams
 from engine.storage.offload_dirs import make_offload_dir
@@ -145,7 +146,7 @@ class StagedEngine:
         Python (e.g. joining a memory cgroup, so that all of it is counted); `workload` (an
         `engine.Workload`): what policy="auto" plans each stage for."""
         cfg = ModelConfig.from_pretrained(model_dir)
-        slices = stage_slices(cfg.num_layers, stages)
+        slices = stage_slices(layer_specs(cfg), stages)
         device = resolve_device(device)
         gpus = torch.cuda.device_count() if device.type == "cuda" else 0
         backend = "nccl" if gpus >= stages else "gloo"

@@ -19,6 +19,7 @@ from engine.distributed.links import StageLinks
 from engine.distributed.split import stage_slices
 from engine.distributed.stage import StageEngine
 from engine.distributed.stats import PipelineStats
+from engine.model import layer_specs
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -56,7 +57,7 @@ class LaunchedStage:
             device = f"cuda:{local_rank % torch.cuda.device_count()}"
         device = torch.device(device or "cpu")
         created, control = _join(stages, device, timeout_s)
-        part = stage_slices(ModelConfig.from_pretrained(model_dir).num_layers, stages)[
+        part = stage_slices(layer_specs(ModelConfig.from_pretrained(model_dir)), stages)[
             dist.get_rank()]
         wire = device if dist.get_backend() == "nccl" else None
         links = StageLinks(part, timeout_s, control_group=control, wire_device=wire)

@@ -67,12 +67,13 @@ def _load(rank: int, stages: int, store_port: int, options: dict):
     from engine.distributed.links import StageLinks
     from engine.distributed.split import stage_slices
     from engine.distributed.stage import StageEngine
+    from engine.model import layer_specs
 
     backend, timeout_s = options.pop("backend"), options.pop("timeout_s")
     control = _join_group(rank, stages, store_port, backend, timeout_s)
     model_dir = options.pop("model_dir")
     cfg = ModelConfig.from_pretrained(model_dir)
-    part = stage_slices(cfg.num_layers, stages)[rank]
+    part = stage_slices(layer_specs(cfg), stages)[rank]
     device = options.get("device")
     wire = None if backend == "gloo" else device
     links = StageLinks(part, timeout_s, control_group=control, wire_device=wire)

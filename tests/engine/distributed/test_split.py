@@ -12,24 +12,43 @@ from engine.distributed.planning import fill_pipeline
 from engine.distributed.split import RECV, SEND, stage_layers, stage_slices
 from engine.distributed.stage import pass_groups
 from engine.distributed.stage_runner import ReplayBatch
-from engine.model import layer_specs
+from engine.model import LayerSpec, WeightSpec, layer_specs
 
 
-@pytest.mark.parametrize(("decoders", "stages", "bounds"), [
-    (3, 1, [(0, 5)]),
-    (3, 2, [(0, 3), (3, 5)]),  # embed + 2 decoders | 1 decoder + head
-    (3, 3, [(0, 2), (2, 3), (3, 5)]),
-    (5, 2, [(0, 4), (4, 7)]),
+def _layers(decoder_params: list[int], head_params: int, embed_params: int = 0) -> list:
+    """A model's layer list whose layers multiply by square matrices of these sizes."""
+    def spec(kind: str, index: int, params: int) -> LayerSpec:
+        side = int(params ** 0.5)
+        return LayerSpec(kind, index, (WeightSpec("w", (side, side), "w"),))
+
+    lookup = WeightSpec("tokens", (1000, 64), "t")  # looked up: no compute
+    embed = LayerSpec("embed", 0, (lookup, *spec("embed", 0, embed_params).weights))
+    decoders = [spec("decoder", idx + 1, params) for idx, params in enumerate(decoder_params)]
+    return [embed, *decoders, spec("head", len(decoder_params) + 1, head_params)]
+
+
+@pytest.mark.parametrize(("decoders", "head", "stages", "bounds"), [
+    ([100] * 3, 0, 1, [(0, 5)]),
+    ([100] * 3, 0, 2, [(0, 3), (3, 5)]),  # embed + 2 decoders | 1 decoder + head
+    ([100] * 3, 0, 3, [(0, 2), (2, 3), (3, 5)]),
+    ([100] * 4, 0, 2, [(0, 3), (3, 6)]),
+    ([100] * 4, 200, 2, [(0, 4), (4, 6)]),  # a head of two decoders' compute: 3 | 1 + head
+    ([100] * 4, 10_000, 3, [(0, 3), (3, 4), (4, 6)]),  # the head alone binds: still a decoder
 ])
-def test_slices_cover_every_layer_once_each_with_a_decoder(decoders, stages, bounds):
-    slices = stage_slices(decoders, stages)
+def test_slices_balance_compute_with_a_decoder_each(decoders, head, stages, bounds):
+    slices = stage_slices(_layers(decoders, head), stages)
     assert [(part.start, part.stop) for part in slices] == bounds
     assert slices[0].first and slices[-1].last
 
 
+def test_too_many_stages_is_refused():
+    with pytest.raises(ValueError, match="between 1 and the model's 3 decoder layers"):
+        stage_slices(_layers([100] * 3, 0), 4)
+
+
 def test_stage_layers_put_boundaries_around_the_owned_layers(model_dirs):
     layers = layer_specs(ModelConfig.from_pretrained(model_dirs("opt")))
-    first, middle, last = (stage_layers(layers, part) for part in stage_slices(3, 3))
+    first, middle, last = (stage_layers(layers, part) for part in stage_slices(layers, 3))
     assert [layer.kind for layer in first] == ["embed", "decoder", SEND]
     assert [layer.kind for layer in middle] == [RECV, "decoder", SEND]
     assert [layer.kind for layer in last] == [RECV, "decoder", "head"]
