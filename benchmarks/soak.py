@@ -159,6 +159,18 @@ def rss_slope_mb_per_10k(samples: list[dict], total_rows: int) -> float:
     return cov / spread * 10_000
 
 
+def late_growth_share(samples: list[dict], total_rows: int) -> float:
+    """Of the RSS high-water mark's growth after warm-up, the share in the last half of the
+    rows: about 0.5 for a steady leak, 0 when memory levelled off by the middle."""
+    def high_water(rows: float) -> float:
+        return max((s["rss_mb"] for s in samples if s["rows"] <= rows and not s.get("end")),
+                   default=0.0)
+
+    warm, middle, end = (high_water(WARMUP_SHARE * total_rows), high_water(total_rows / 2),
+                         high_water(total_rows))
+    return (end - middle) / (end - warm) if end > warm else 0.0
+
+
 def seconds_at(samples: list[dict], rows: float) -> float:
     """When the run reached `rows` (linear between the samples around it)."""
     for before, after in itertools.pairwise(samples):
@@ -215,6 +227,7 @@ def summarize(result: dict[str, Any], rows: int) -> dict[str, Any]:
     return {"path": result["path"], "command": result["command"], "wall_s": round(result["wall_s"], 1),
             "rows_per_s": rows / result["wall_s"], "samples": len(samples),
             "rss_slope_mb_per_10k_rows": rss_slope_mb_per_10k(samples, rows),
+            "late_growth_share": late_growth_share(samples, rows),
             "rss_after_warmup_mb": [min(rss, default=0), max(rss, default=0)],
             "peak_rss_mb": max((s["rss_mb"] for s in samples), default=0),
             **throughput_drift(samples, rows)}

@@ -132,3 +132,15 @@ def test_cli_run_over_a_1mb_row_and_a_dictionary_column(wrangle_model_dir, tmp_p
     labels = out.column("s").to_pylist()
     assert labels[1] is None and labels[2] is None and labels[0] == labels[4] is not None
     assert "1 parse failures" in capsys.readouterr().out
+
+
+def test_duckdb_struct_fields_that_need_quoting(wrangle_llm):
+    schema = {"unit price": "float", 'say "hi"': "int", "select": "bool", "naïve ✓": "int"}
+    with duckdb.connect() as con:
+        fw.register_duckdb_extractor(con, "extract_odd", schema, wrangle_llm)
+        con.execute("CREATE TABLE t AS SELECT * FROM (VALUES ('total 12.5'), (NULL)) v(body)")
+        rows = con.execute('SELECT (extract_odd(body))."unit price", '
+                           '(extract_odd(body))."say ""hi""", (extract_odd(body))."select", '
+                           '(extract_odd(body))."naïve ✓" FROM t').fetchall()
+    assert len(rows) == 2 and rows[1] == (None, None, None, None)
+    assert isinstance(rows[0][0], float | None) and isinstance(rows[0][2], bool | None)

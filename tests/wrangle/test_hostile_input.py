@@ -290,3 +290,50 @@ def test_field_names_that_need_quoting_come_back_exactly(wrangle_llm):
     row = result.to_pylist()[0]
     assert row is None or set(row) == set(QUOTED)
     assert result.to_pylist()[1] is None and wrangle_llm.last_stats.rows == 2
+
+
+@pytest.fixture(scope="module")
+def long_context_llm(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny Llama with 8,192 positions: room for 1,000 labels or 200 fields."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.conftest import BOS, EOS, PAD, build_tokenizer
+
+    out = tmp_path_factory.mktemp("long_context")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                         intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=8192, tie_word_embeddings=False,
+                         eos_token_id=EOS, bos_token_id=BOS, pad_token_id=PAD)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.3)
+    model.save_pretrained(out)
+    tokenizer.model_max_length = 8192
+    tokenizer.save_pretrained(out)
+    with fw.LLM(out, progress=False, dtype=torch.float32, policy=None) as llm:
+        yield llm
+
+
+@pytest.mark.slow
+def test_1000_labels_on_a_long_context_model(long_context_llm, monkeypatch):
+    labels = [f"label{idx}" for idx in range(1000)]
+    texts = ["this is fine", None, "another row"]
+    chunked = fw.classify(texts, labels, llm=long_context_llm).to_pylist()
+    assert chunked[1] is None and all(row["label"] in labels for row in (chunked[0], chunked[2]))
+    monkeypatch.setattr(classify_module, "CANDIDATES_PER_CALL", 250)
+    other = fw.classify(texts, labels, llm=long_context_llm).to_pylist()
+    assert [row and row["label"] for row in other] == [row and row["label"] for row in chunked]
+
+
+@pytest.mark.slow
+def test_200_fields_on_a_long_context_model(long_context_llm):
+    schema = {f"f{idx}": "bool" for idx in range(200)}
+    result = fw.extract(["x is true", None], schema, llm=long_context_llm)
+    assert len(result.type) == 200
+    row = result.to_pylist()[0]
+    stats = long_context_llm.last_stats
+    assert (row is not None and set(row) == set(schema)) or stats.parse_failures == 1
