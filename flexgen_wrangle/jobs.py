@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from flexgen_wrangle.columns import TEXT_TYPES
 from flexgen_wrangle.errors import ColumnNotFoundError, ColumnTypeError
-from flexgen_wrangle.pipeline import PipelineOptions
+from flexgen_wrangle.pipeline import PipelineOptions, check_prefix
 from flexgen_wrangle.template import Template
 
 KINDS = ("classify", "extract", "generate")
@@ -43,6 +43,7 @@ class ColumnJob:
         if kind == "generate" and self.template is None:
             self.template = Template.parse("{" + column + "}")
         self.task = self._make_task(task_args)
+        check_prefix(llm, self.task)  # a prompt with no room for a row: refused before any work
         self.output_fields = self._output_fields(into, prefix)
         self._spec = {"kind": kind, "column": column, "template": template,
                       "outputs": self.output_names, "args": task_args}

@@ -76,7 +76,7 @@ def run_column(llm: Any, task: Task, texts: pa.Array,
     distinct = Distinct.of(values, options.dedup)
     stats = RunStats(task.name, rows=len(values), computed_rows=len(distinct.texts))
     stats.null_rows = sum(index is None for index in distinct.of_row)
-    _check_prefix(llm, task)
+    check_prefix(llm, task)
     results: dict[int, Any] = {}
     with tqdm(total=len(values), unit="rows", desc=f"flexgen {task.name}",
               disable=not options.progress) as bar:
@@ -117,7 +117,7 @@ def _prepare_engine(llm: Any, task: Task, groups: list[Group], rows: int) -> Any
     return llm.prepare(rows, lengths, gen_len, prefix_len)
 
 
-def _check_prefix(llm: Any, task: Task) -> None:
+def check_prefix(llm: Any, task: Task) -> None:
     """The prompt's shared part (instruction, labels, schema) leaves room for a row and the
     answer; otherwise no row could ever fit, and the task is refused before any model work."""
     encoder = llm.encoder

@@ -144,3 +144,17 @@ def test_duckdb_struct_fields_that_need_quoting(wrangle_llm):
                            '(extract_odd(body))."naïve ✓" FROM t').fetchall()
     assert len(rows) == 2 and rows[1] == (None, None, None, None)
     assert isinstance(rows[0][0], float | None) and isinstance(rows[0][2], bool | None)
+
+
+def test_a_prompt_with_no_room_is_refused_before_work_in_every_adapter(wrangle_model_dir,
+                                                                       wrangle_llm, tmp_path,
+                                                                       capsys):
+    labels = [f"label{idx}" for idx in range(1000)]
+    with pytest.raises(fw.LabelsError, match="list of 1000 labels"):
+        pd.DataFrame({"t": ["x"]}).flexgen.classify("t", labels=labels, llm=wrangle_llm)
+    source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"]}), source)
+    code = main(["run", str(source), "--column", "text", "--classify", ",".join(labels),
+                 "--model", str(wrangle_model_dir), "--output", str(output), "--no-progress"])
+    assert code == 2 and "list of 1000 labels" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.parquet"]  # nothing written
