@@ -1,6 +1,7 @@
 """The offloading inference engine: tensors in, tensors out; never tables."""
 
 from engine.config import ModelConfig
+from engine.distributed import StageError
 from engine.engine import Engine
 from engine.policy import Plan, Workload, plan
 from engine.policy.policy import Placement, Policy
@@ -9,5 +10,5 @@ from engine.storage import MemoryBudgetError
 
 __all__ = [
     "Engine", "MemoryBudgetError", "ModelConfig", "Placement", "Plan", "Policy", "SamplingParams",
-    "Workload", "plan",
+    "StageError", "Workload", "plan",
 ]

@@ -127,6 +127,7 @@ class StagedEngine:
         self.config, self.slices = cfg, slices
         self._procs, self._conns, self._store = procs, conns, store
         self._finalizer = weakref.finalize(self, _stop, procs, conns, stages_dir)
+        self.offload_dir = stages_dir  # every stage's offload directory is inside it
         self._lock = threading.Lock()  # one call at a time: the pipes carry one conversation
         self.policies: list = []
         self.offload_dirs: list[Path] = []

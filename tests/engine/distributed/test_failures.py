@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import Engine, Placement, Policy, SamplingParams
-from engine.distributed import StageError
+from engine import Engine, Placement, Policy, SamplingParams, StageError
 from tests.engine.distributed.helpers import PARENT_SCRIPT, slow_processor
 
 POLICY = Policy(1, 2, Placement(0, 0, 100), Placement(0, 50, 50), Placement(100, 0, 0))
@@ -70,7 +69,7 @@ def test_killed_stage_fails_the_call_naming_it(model_dirs, tmp_path):
     assert "stage 0 of 2" in str(err) and "signal 9" in str(err)
     assert _wait_gone(pids, 5.0)
     assert eng.closed
-    assert list(offload.iterdir()) == []
+    assert eng.offload_dir.parent == offload and list(offload.iterdir()) == []
     with pytest.raises(RuntimeError, match="closed"):
         eng.generate([[5]])
 
