@@ -56,6 +56,8 @@ class LaunchedStage:
         if device is None and torch.cuda.is_available():
             device = f"cuda:{local_rank % torch.cuda.device_count()}"
         device = torch.device(device or "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL works on the current device
         created, control = _join(stages, device, timeout_s)
         part = stage_slices(layer_specs(ModelConfig.from_pretrained(model_dir)), stages)[
             dist.get_rank()]

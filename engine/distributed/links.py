@@ -35,7 +35,7 @@ class StageLinks:
         hidden states must be to be sent (the CPU for gloo)."""
         self.part, self.timeout = part, timedelta(seconds=timeout_s)
         self.hidden_group, self.control_group = hidden_group, control_group
-        self.wire_device = wire_device or torch.device("cpu")
+        self.wire_device = torch.device(wire_device or "cpu")
         self.bytes_sent: dict[str, int] = {}  # "stage0->stage1" -> bytes
         self.wait_s = 0.0  # seconds spent waiting for messages to arrive or leave
         self._sends: list[tuple[Any, Callable[[], None] | None, Any]] = []

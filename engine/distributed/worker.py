@@ -63,6 +63,8 @@ def stage_main(conn: Any) -> None:
 
 
 def _load(rank: int, stages: int, store_port: int, options: dict):
+    import torch
+
     from engine.config import ModelConfig
     from engine.distributed.links import StageLinks
     from engine.distributed.split import stage_slices
@@ -70,12 +72,13 @@ def _load(rank: int, stages: int, store_port: int, options: dict):
     from engine.model import layer_specs
 
     backend, timeout_s = options.pop("backend"), options.pop("timeout_s")
+    if options.get("device") and str(options["device"]).startswith("cuda"):
+        torch.cuda.set_device(options["device"])  # NCCL works on the current device
     control = _join_group(rank, stages, store_port, backend, timeout_s)
     model_dir = options.pop("model_dir")
     cfg = ModelConfig.from_pretrained(model_dir)
     part = stage_slices(layer_specs(cfg), stages)[rank]
-    device = options.get("device")
-    wire = None if backend == "gloo" else device
+    wire = None if backend == "gloo" else torch.device(options["device"])
     links = StageLinks(part, timeout_s, control_group=control, wire_device=wire)
     return StageEngine.load(model_dir, part, links, share=stages, **options)
 
