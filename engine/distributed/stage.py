@@ -76,6 +76,7 @@ class StageEngine(Engine):
             tiers.close()
             raise
         weights = ([] if part.first else [{}]) + placed + ([] if part.last else [{}])
+        tiers.staging.trim()  # the write buffers of construction are not needed again
         tiers.ledger.reset_peaks()
         return cls(cfg, policy, tiers, weights, dtype, stage_layers(every, part), part, links)
 
