@@ -98,6 +98,7 @@ class Engine:
                 raise OSError(err.errno, f"{err.strerror}; this policy keeps "
                               f"{format_bytes(disk)} of weights on the disk tier") from err
             raise
+        tiers.staging.trim()  # the write buffers of construction are not needed again
         tiers.ledger.reset_peaks()
         return cls(cfg, policy, tiers, weights, dtype)
 
@@ -199,11 +200,11 @@ class Engine:
         try:
             with torch.inference_mode():
                 self._run_tokens(executor, steps, batches)
-        except BaseException:  # a failure, or Ctrl-C
+            executor.drain()
+            self._free_block(batches, runner, keep_caches)
+        except BaseException:  # a failure, or Ctrl-C (also while the block is being freed)
             self._abandon(executor, batches, runner, used_before)
             raise
-        executor.drain()
-        self._free_block(batches, runner, keep_caches)
         self._tiers.staging.trim()
         self.stats.add_run(executor, self._tiers.ledger)
         return batches

@@ -91,6 +91,7 @@ def test_ctrl_c_during_a_long_generate(model_dirs, reference, tmp_path, monkeypa
     with Engine.from_pretrained(model_dirs("llama"), policy=policy, dtype=torch.float32,
                                 offload_dir=tmp_path) as eng:
         weights = {path.name for path in eng.offload_dir.iterdir()}
+        assert eng.generate(PROMPTS[:8], SHORT) == reference
         used = _used(eng)
         for attempt in range(3 if overlap else 2):
             delay = rng.uniform(0.2, 1.5)
@@ -104,3 +105,34 @@ def test_ctrl_c_during_a_long_generate(model_dirs, reference, tmp_path, monkeypa
             assert {path.name for path in eng.offload_dir.iterdir()} == weights
             assert eng.generate(PROMPTS[:8], SHORT) == reference, (attempt, delay)
 
+
+
+def test_ctrl_c_while_a_finished_block_is_freed(model_dirs, reference, tmp_path, monkeypatch):
+    """The moment between a block's last token and its homes being freed: a Ctrl-C there
+    still frees every home and file of the block."""
+    with Engine.from_pretrained(model_dirs("llama"), policy=OFFLOADED, dtype=torch.float32,
+                                offload_dir=tmp_path) as eng:
+        weights = {path.name for path in eng.offload_dir.iterdir()}
+        assert eng.generate(PROMPTS[:8], SHORT) == reference
+        used, real_free, real_free_block, calls = _used(eng), eng._tiers.free, eng._free_block, []
+
+        def free(placed):
+            real_free(placed)
+            calls.append(1)
+            if len(calls) == 2:  # one home freed, the others not yet
+                raise KeyboardInterrupt
+
+        def free_block(*args, **kwargs):
+            monkeypatch.setattr(eng._tiers, "free", free)
+            try:
+                real_free_block(*args, **kwargs)
+            finally:
+                monkeypatch.setattr(eng._tiers, "free", real_free)
+
+        monkeypatch.setattr(eng, "_free_block", free_block)
+        with pytest.raises(KeyboardInterrupt):
+            eng.generate(PROMPTS[:8], SHORT)
+        monkeypatch.undo()
+        assert _idle(eng) and _used(eng) == used
+        assert {path.name for path in eng.offload_dir.iterdir()} == weights
+        assert eng.generate(PROMPTS[:8], SHORT) == reference
