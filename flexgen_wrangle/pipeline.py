@@ -127,9 +127,10 @@ def check_prefix(llm: Any, task: Task) -> None:
 
 
 def _groups(llm: Any, task: Task, distinct: Distinct, window: range, share_prefix: bool,
-            stats: RunStats, bar: tqdm) -> list[Group]:
-    """Tokenize the window; rows too long for the model fail (NULL, counted, never cut to fit);
-    rows whose ids start with the shared prefix form the first group."""
+            stats: RunStats | None = None, bar: tqdm | None = None) -> list[Group]:
+    """Tokenize the window; rows too long for the model fail (NULL, counted in `stats`, never
+    cut to fit; left out without `stats`, as when sampling a workload); rows whose ids start
+    with the shared prefix form the first group."""
     encoder = llm.encoder
     frame = encoder.frame(task.prefix_text)
     max_tokens = llm.max_positions - task.min_new_positions  # of a whole prompt
@@ -161,7 +162,9 @@ def _groups(llm: Any, task: Task, distinct: Distinct, window: range, share_prefi
 
 
 def _too_long(task: Task, llm: Any, distinct: Distinct, index: int, tokens: str,
-              stats: RunStats, bar: tqdm) -> None:
+              stats: RunStats | None, bar: tqdm | None) -> None:
+    if stats is None or bar is None:
+        return
     reason = (f"prompt too long: {tokens} tokens ({len(distinct.texts[index]):,} characters); "
               f"the model has {llm.max_positions} positions and {task.name} needs "
               f"{task.min_new_positions} of them after the prompt. Rows that do not fit are "

@@ -107,6 +107,8 @@ def sample_workload(job: ColumnJob, sample: pa.Table, rows: int | None,
     llm, task = job.llm, job.task
     share_prefix = job.options.get("share_prefix", True)
     groups = _groups(llm, task, distinct, range(len(distinct.texts)), share_prefix)
+    if not groups:  # every sampled row is too long for the model: nothing to plan for
+        return None
     lengths = [len(ids) for group in groups for _, ids in group.items]
     prefix_len = len(groups[0].prefix or [])
     room = llm.max_positions - prefix_len - max(lengths)
