@@ -1,5 +1,13 @@
 """The offloading inference engine: tensors in, tensors out; never tables."""
 
+# isort: off
+# First, before anything imports torch: oneDNN reads its cache sizes once, at its first matmul
+# (hence E402 for this file in pyproject.toml).
+from engine.native_memory import bound_native_caches
+
+bound_native_caches()
+# isort: on
+
 from engine.config import ModelConfig
 from engine.distributed import StageError
 from engine.engine import Engine

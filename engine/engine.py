@@ -19,6 +19,7 @@ from engine.config import ModelConfig
 from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.defaults import default_budgets, default_policy, resolve_device, resolve_dtype
 from engine.model import LayerSpec, layer_specs
+from engine.native_memory import return_freed_memory
 from engine.policy.memory import minimum_bytes
 from engine.policy.policy import TIERS, Policy
 from engine.runner import BlockRunner, Consumer
@@ -206,6 +207,7 @@ class Engine:
             self._abandon(executor, batches, runner, used_before)
             raise
         self._tiers.staging.trim()
+        return_freed_memory()  # what malloc kept of the block's temporaries (native_memory)
         self.stats.add_run(executor, self._tiers.ledger)
         return batches
 
