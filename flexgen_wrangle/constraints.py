@@ -3,7 +3,8 @@
 `JsonConstraints` compiles a JSON schema once per (LLM, schema); each engine call gets a fresh
 `GrammarProcessor` whose per-row matchers accept the tokens sampled so far, then mask the next
 token's logits to what the grammar allows. Special tokens other than the stop ids are masked
-too: a grammar sees them as literal text, the decoder drops them.
+too: a grammar sees them as literal text, the decoder drops them. A processor pickles (its
+grammar and tokenizer info as xgrammar's JSON), so pipeline stages run it in the last stage.
 """
 
 from __future__ import annotations
@@ -72,6 +73,20 @@ class GrammarProcessor:
         if self._banned:
             logits[self._banned] = float("-inf")
         return logits
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its compiled grammar and tokenizer info in xgrammar's JSON; the matchers
+        of a call in progress are not carried (a processor travels before its call starts)."""
+        info = self._compiled.tokenizer_info
+        return (_rebuild_processor, (self._compiled.serialize_json(), info.serialize_json(),
+                                     self._vocab_size, self._stop_ids, self._banned))
+
+
+def _rebuild_processor(grammar_json: str, tokenizer_info_json: str, vocab_size: int,
+                       stop_ids: list[int], banned_ids: list[int]) -> GrammarProcessor:
+    info = xg.TokenizerInfo.deserialize_json(tokenizer_info_json)
+    compiled = xg.CompiledGrammar.deserialize_json(grammar_json, info)
+    return GrammarProcessor(compiled, vocab_size, stop_ids, banned_ids)
 
 
 def _force(logits: torch.Tensor, token: int) -> torch.Tensor:

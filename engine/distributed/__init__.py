@@ -5,7 +5,7 @@ The one boundary: the layer math, the tiers and the executor know nothing of sta
 `staged_engine` is what `Engine.from_pretrained(..., stages=N)` returns.
 
 Limits, as they are: SamplingParams go to the last stage's process, so a logits processor must
-pickle (the constrained decoding of fw.extract does not: it runs with one stage only); a call
+pickle (fw.extract's grammar processor pickles as xgrammar's JSON); a call
 interrupted in the caller (Ctrl-C) cannot be taken back mid-schedule, so it stops the stages
 and closes the engine; several stages on one GPU talk over gloo through host memory, and the
 NCCL path (a GPU per stage) has not been run on GPUs yet.

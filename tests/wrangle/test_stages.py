@@ -29,3 +29,39 @@ def test_run_with_two_stages_writes_the_single_process_table(wrangle_model_dir, 
                          single.column("text_label_probability").to_pylist(), strict=True):
         assert (got is None) == (want is None)
         assert got is None or abs(got - want) < 1e-3
+
+
+def test_grammar_processor_pickles_into_an_equal_one(wrangle_llm):
+    """What lets fw.extract run with stages: its constrained decoding travels to the last
+    stage. The rebuilt processor masks the same tokens as the original at every step."""
+    import pickle
+
+    import torch
+
+    task = wrangle_llm.extract_task({"name": "string", "n": "int"})
+    original = task._constraints.processor(task._grammar)
+    rebuilt = pickle.loads(pickle.dumps(original))
+    vocab = task._constraints.vocab_size
+    generated: list[int] = []
+    for _ in range(6):
+        logits = torch.randn(vocab, generator=torch.Generator().manual_seed(len(generated)))
+        want = original(0, generated, logits.clone())
+        got = rebuilt(0, generated, logits.clone())
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+        generated.append(int(want.argmax()))
+
+
+@pytest.mark.slow  # starts two stage processes
+def test_extract_with_two_stages_equals_one(wrangle_model_dir):
+    import torch
+
+    import flexgen_wrangle as fw
+
+    texts = ["Invoice from Acme Ltd, total $12.50.", None, "Paid 3 euros to Bob."]
+    schema = {"vendor": "string", "total": "float"}
+    results = []
+    for stages in (1, 2):
+        with fw.LLM(wrangle_model_dir, dtype=torch.float32, progress=False,
+                    stages=stages) as llm:
+            results.append(fw.extract(texts, schema, llm=llm, max_string_length=6).to_pylist())
+    assert results[1] == results[0]
