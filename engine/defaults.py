@@ -76,9 +76,10 @@ def nominal_workload(cfg: ModelConfig) -> Workload:
 def default_policy(
     cfg: ModelConfig, layers: list[LayerSpec], dtype: torch.dtype, budgets: dict[str, int],
     device: torch.device | None = None, offload_dir: str | Path | None = None,
-    allow_compression: bool = False,
+    allow_compression: bool = False, workload: Workload | None = None,
 ) -> Policy:
-    """The LP solver's policy for a nominal workload on this machine's measured profile.
+    """The LP solver's policy for `workload` (default: a nominal one) on this machine's
+    measured profile.
     Raises MemoryBudgetError (with the minimum and the tier) when not even one row fits."""
     device = resolve_device(device)
     try:
@@ -86,5 +87,5 @@ def default_policy(
     except OSError as err:  # nowhere to measure the disk: plan with typical rates
         logger.warning("cannot measure this machine (%s); planning with typical rates", err)
         profile = nominal_profile(device.type)
-    return solve(cfg, layers, nominal_workload(cfg), budgets, profile, dtype,
+    return solve(cfg, layers, workload or nominal_workload(cfg), budgets, profile, dtype,
                  allow_compression).policy

@@ -22,6 +22,7 @@ from engine.model import LayerSpec, layer_specs
 from engine.native_memory import return_freed_memory
 from engine.policy.memory import minimum_bytes
 from engine.policy.policy import TIERS, Policy
+from engine.policy.workload import Workload
 from engine.runner import BlockRunner, Consumer
 from engine.sampling import SamplingParams
 from engine.schedule import token_steps
@@ -64,9 +65,11 @@ class Engine:
         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
         offload_dir: str | Path | None = None, memory: dict[str, str | int] | None = None,
         progress: bool = False, allow_compression: bool = False, stages: int | None = None,
+        workload: Workload | None = None,
     ) -> Engine:
-        """`policy` None / "auto": planned for a nominal workload on this machine's measured
-        profile; 4-bit weights / KV cache (outputs change) only with `allow_compression`.
+        """`policy` None / "auto": planned for `workload` (default: a nominal one) on this
+        machine's measured profile; 4-bit weights / KV cache (outputs change) only with
+        `allow_compression`.
         `stages` N > 1: the layers cut into N pipeline stages, one process each
         (`engine.distributed`); `policy` applies to, and `memory` budgets each, every stage."""
         if stages is not None and stages != 1:
@@ -74,7 +77,7 @@ class Engine:
 
             return staged_engine(model_dir, stages, policy=policy, device=device, dtype=dtype,
                                  offload_dir=offload_dir, memory=memory, progress=progress,
-                                 allow_compression=allow_compression)
+                                 allow_compression=allow_compression, workload=workload)
         cfg = ModelConfig.from_pretrained(model_dir)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, cfg, device)
@@ -82,7 +85,7 @@ class Engine:
         layers = layer_specs(cfg)
         if policy is None or policy == "auto":
             policy = default_policy(cfg, layers, dtype, budgets, device, offload_dir,
-                                    allow_compression)
+                                    allow_compression, workload)
         elif not isinstance(policy, Policy):
             raise TypeError(f"policy must be None, 'auto' or a Policy, got {policy!r}")
         _check_fits(cfg, layers, policy, dtype, budgets, shared_ram=device.type == "cpu")

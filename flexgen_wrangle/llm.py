@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoTokenizer
 
-from engine import Engine, MemoryBudgetError, ModelConfig
+from engine import Engine, MemoryBudgetError, ModelConfig, Workload, plan
 from flexgen_wrangle.columns import as_text_array
 from flexgen_wrangle.constraints import JsonConstraints
 from flexgen_wrangle.encoding import PromptEncoder
@@ -91,23 +91,21 @@ class LLM:
 
     def prepare(self, rows: int, lengths: list[int], gen_len: int, shared_prefix: int) -> Engine:
         """The engine; when it is not built yet and the policy is "auto", it is placed by the
-        planner for this workload (rows, prompt lengths after the prefix, new tokens per row)."""
+        planner for this workload (rows, prompt lengths after the prefix, new tokens per row);
+        with stages, each stage plans its own layers for it."""
         with self._building:
             if self._engine is None or self._engine.closed:
-                policy = self.policy
-                if policy == "auto" and self.stages == 1:  # stages plan themselves
-                    policy = self._planned_policy(rows, lengths, gen_len, shared_prefix)
-                self._build(policy)
+                policy, workload = self.policy, None
+                if policy == "auto":
+                    workload = Workload(rows=max(rows, MIN_PLANNED_ROWS),
+                                        prompt_len=dict(Counter(lengths)),
+                                        gen_len=max(gen_len, 1), shared_prefix=shared_prefix)
+                    if self.stages == 1:
+                        policy = self._planned_policy(workload)
+                self._build(policy, workload if self.stages != 1 else None)
             return self._engine
 
-    def _planned_policy(self, rows: int, lengths: list[int], gen_len: int,
-                        shared_prefix: int) -> Any:
-        try:
-            from engine import Workload, plan
-        except ImportError:  # no planner in this build: the engine's own default
-            return "auto"
-        workload = Workload(rows=max(rows, MIN_PLANNED_ROWS), prompt_len=dict(Counter(lengths)),
-                            gen_len=max(gen_len, 1), shared_prefix=shared_prefix)
+    def _planned_policy(self, workload: Workload) -> Any:
         try:
             self.plan = plan(self.model_dir, workload, memory=self.memory, device=self.device,
                              dtype=self.dtype, offload_dir=self.offload_dir,
@@ -119,12 +117,12 @@ class LLM:
             return "auto"
         return self.plan.policy
 
-    def _build(self, policy: Any) -> None:
+    def _build(self, policy: Any, workload: Workload | None = None) -> None:
         logger.info("building the engine for %s", self.model_dir)
         self._engine = Engine.from_pretrained(
             self.model_dir, policy=policy, device=self.device, dtype=self.dtype,
             offload_dir=self.offload_dir, memory=self.memory,
-            allow_compression=self.allow_compression, stages=self.stages,
+            allow_compression=self.allow_compression, stages=self.stages, workload=workload,
         )
 
     @property

@@ -65,3 +65,27 @@ def test_extract_with_two_stages_equals_one(wrangle_model_dir):
                     stages=stages) as llm:
             results.append(fw.extract(texts, schema, llm=llm, max_string_length=6).to_pylist())
     assert results[1] == results[0]
+
+
+def test_auto_stages_are_planned_for_the_column(wrangle_model_dir, monkeypatch):
+    """fw.LLM(stages=N) hands the column's workload to the stages (each plans its layers for
+    it), not the engine's nominal one."""
+    import flexgen_wrangle as fw
+    from flexgen_wrangle import llm as llm_module
+
+    built = {}
+
+    class BuiltError(Exception):
+        pass
+
+    def capture(model_dir, **options):
+        built.update(options)
+        raise BuiltError
+
+    monkeypatch.setattr(llm_module.Engine, "from_pretrained", capture)
+    llm = fw.LLM(wrangle_model_dir, progress=False, stages=2)
+    with pytest.raises(BuiltError):
+        llm.classify(["good", "bad", "fine"], ["yes", "no"])
+    assert built["stages"] == 2 and built["policy"] == "auto"
+    assert built["workload"] is not None and built["workload"].gen_len >= 1
+    assert set(built["workload"].prompt_len) and built["workload"].rows >= 3
