@@ -24,24 +24,31 @@ SEED = 1234  # the interrupt moments; a failure names the one it hit
 
 
 class InterruptAfter:
-    """SIGINT to the main thread `delay_s` after entering; `sent` gets the moment it was sent.
-    On exit the timer is cancelled, so a call that ended first is never hit afterwards."""
+    """SIGINT to the main thread `delay_s` after entering, then again every `again_s` (as a
+    user presses Ctrl-C again: Python swallows a KeyboardInterrupt raised inside a garbage
+    collector's weakref callback, printing "Exception ignored"); `sent` gets the moments.
+    Exiting stops it, so a call that ended first is never hit afterwards."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, again_s: float = 1.0) -> None:
         self.sent: list[float] = []
         self._main = threading.main_thread().ident
-        self._timer = threading.Timer(delay_s, self._fire)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fire, args=(delay_s, again_s), daemon=True)
 
-    def _fire(self) -> None:
-        self.sent.append(time.monotonic())
-        signal.pthread_kill(self._main, signal.SIGINT)
+    def _fire(self, delay_s: float, again_s: float) -> None:
+        wait = delay_s
+        while not self._stop.wait(wait):
+            self.sent.append(time.monotonic())
+            signal.pthread_kill(self._main, signal.SIGINT)
+            wait = again_s
 
     def __enter__(self) -> InterruptAfter:
-        self._timer.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
+        self._stop.set()
+        self._thread.join()
 
 
 def _used(eng: Engine) -> dict[str, int]:
