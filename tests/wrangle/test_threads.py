@@ -51,8 +51,8 @@ def test_four_threads_share_one_llm(wrangle_model_dir, tmp_path, monkeypatch):
                 **options) as llm:
         builds = []
         real_build = fw.LLM._build
-        monkeypatch.setattr(fw.LLM, "_build", lambda self, policy: (builds.append(1),
-                                                                   real_build(self, policy)))
+        monkeypatch.setattr(fw.LLM, "_build", lambda self, *args, **kwargs: (
+            builds.append(1), real_build(self, *args, **kwargs)))
         assert _in_threads(llm) == expected  # all four start with no engine built
         assert len(builds) == 1, "each thread built its own engine"
         used = _used(llm)
