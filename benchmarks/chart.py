@@ -82,7 +82,7 @@ def draw(groups: dict[str, dict[str, float]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     series = list(dict.fromkeys(name for values in groups.values() for name in values))
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(groups) * max(1, len(series))))
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.55 * len(groups)))
     height = 0.8 / max(1, len(series))
     labels = list(groups)
     for idx, name in enumerate(series):
@@ -98,7 +98,7 @@ def draw(groups: dict[str, dict[str, float]], out: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("ours / peer (tok/s or rows/s, one invocation); of floor: floor s / our s")
     ax.set_title("flexgen-wrangle against the peers and the physical floor")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
