@@ -44,7 +44,7 @@ def run(args) -> dict:
     try:
         with meter.phase("load"):
             llm = LLM(args.model, memory=memory, policy=args.policy, progress=False,
-                      dtype=torch.bfloat16, device=args.device, offload_dir=offload_dir)
+                      dtype=getattr(torch, args.dtype), device=args.device, offload_dir=offload_dir)
         with llm, meter.phase("generate"):
             texts = llm.generate(rows, max_new_tokens=args.gen_len, prefix=prefix_text,
                                  **MODES[args.mode]).to_pylist()
@@ -65,6 +65,8 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--mode", default="pipeline", choices=sorted(MODES))
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="float32: the modes' ids must agree exactly (bf16 rounds by shape)")
     parser.add_argument("--policy", default="auto", help="auto (planned per column)")
     parser.add_argument("--memory", default=None, help='JSON: {"device": "2GiB", ...}')
     parser.add_argument("--offload-dir", type=Path, default=None, help="parent of the folder")

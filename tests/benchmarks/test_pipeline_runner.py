@@ -32,7 +32,7 @@ def test_word_tokenizer_round_trips_ids(opt_dir: Path) -> None:
 
 def run_mode(opt_dir: Path, mode: str, capsys: pytest.CaptureFixture) -> dict:
     main(["--model", str(opt_dir), "--rows", "24", "--prompts", "wrangling", "--prefix-len", "12",
-          "--prompt-len", "18", "--gen-len", "3", "--mode", mode, "--threads", "1"])
+          "--prompt-len", "18", "--gen-len", "3", "--mode", mode, "--threads", "1", "--dtype", "float32"])
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
