@@ -6,6 +6,7 @@ their own pre-tokens, `<s>`, `</s>`, `<pad>` as ids 0, 1, 2, and BOS prepended t
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,20 @@ def wrangle_llm(wrangle_model_dir: Path):
 
     with fw.LLM(wrangle_model_dir, progress=False, dtype=torch.float32, policy=None) as llm:
         yield llm
+
+
+def _ctrl_c_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+CTRL_C_DEFAULT = _ctrl_c_default  # a child's preexec_fn: its Python then raises on Ctrl-C
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in this process for the test, whatever it inherited: a
+    suite started in the background (`make test &`) inherits SIGINT ignored, and Python then
+    installs no handler. Pass `CTRL_C_DEFAULT` as preexec_fn to a child that must see it."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

@@ -16,6 +16,8 @@ from engine import Engine, Placement, Policy
 from engine.sampling import SamplingParams
 from engine.storage import disk
 
+pytestmark = pytest.mark.usefixtures("ctrl_c_raises")  # see tests/conftest.py
+
 PROMPTS = [[3 + row % 50, 4, 5 + row % 7, 6] for row in range(64)]
 LONG = SamplingParams(max_new_tokens=100, ignore_eos=True)
 SHORT = SamplingParams(max_new_tokens=5, ignore_eos=True)

@@ -21,8 +21,11 @@ import torch
 
 import flexgen_wrangle as fw
 from flexgen_wrangle import cli
+from tests.conftest import CTRL_C_DEFAULT
 from tests.engine.test_interrupt import InterruptAfter
 from tests.wrangle.kill9_child import OFFLOADED, column
+
+pytestmark = pytest.mark.usefixtures("ctrl_c_raises")  # see tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 99
@@ -62,7 +65,7 @@ def test_ctrl_c_of_run_then_resume(wrangle_model_dir, tmp_path):
     child = subprocess.Popen([sys.executable, "-m", "flexgen_wrangle.cli",
                               *_argv(wrangle_model_dir, source, out)], cwd=ROOT,
                              env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=CTRL_C_DEFAULT)
     parts = out.with_name(out.name + ".parts")
     deadline = time.monotonic() + 120
     while not list(parts.glob("part-*.parquet")):  # mid-run: one block written
