@@ -150,12 +150,16 @@ def run(args: argparse.Namespace) -> dict:
              "vllm_version": vllm.__version__, "process_tree": tree.as_dict()}
     result = build_result(args, "vllm_cpu", prompts, outputs, meter, extra)
     result["peak_rss_bytes"] = tree.peak_bytes
+    shut_down(llm)
+    return result
+
+
+def shut_down(llm) -> None:
+    """Stop vLLM's engine core, then its worker processes (they outlive a dropped `LLM`)."""
     with contextlib.suppress(Exception):
         llm.llm_engine.engine_core.shutdown()
-    del llm
     gc.collect()
     end_children()
-    return result
 
 
 def parser() -> argparse.ArgumentParser:

@@ -14,15 +14,13 @@ computes. One JSON line out: load seconds, and per column its seconds and output
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import os
 import time
 from pathlib import Path
 
 from benchmarks import peers
-from benchmarks.runners.vllm_cpu import end_children, vllm_env
+from benchmarks.runners.vllm_cpu import shut_down, vllm_env
 
 
 def sampling_params(column: dict):
@@ -67,11 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {"system": "vllm_cpu", "vllm_version": vllm.__version__,
               "import_s": imported - started, "load_s": loaded - imported,
               "max_num_seqs": args.max_num_seqs, "columns": columns}
-    with contextlib.suppress(Exception):
-        llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-    end_children()
+    shut_down(llm)
     return result
 
 
