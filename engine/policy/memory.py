@@ -17,7 +17,7 @@ from engine.config import ModelConfig
 from engine.model import LayerSpec
 from engine.model.workspace import workspace_bytes
 from engine.policy.policy import TIERS, Placement, Policy
-from engine.storage.pool import padded_size
+from engine.storage.disk import padded_size
 from engine.weights import choose_tiers
 
 

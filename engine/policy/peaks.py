@@ -47,7 +47,7 @@ from engine.schedule import (
     StoreHidden,
     token_steps,
 )
-from engine.storage.pool import padded_size
+from engine.storage.disk import padded_size
 
 
 @dataclass(frozen=True)

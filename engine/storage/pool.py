@@ -19,12 +19,8 @@ from collections.abc import Hashable
 
 import torch
 
-from engine.storage.disk import ALIGN, aligned_empty
+from engine.storage.disk import aligned_empty, padded_size
 from engine.storage.ledger import Ledger
-
-
-def padded_size(num_bytes: int) -> int:
-    return -(-num_bytes // ALIGN) * ALIGN
 
 
 class BufferPool:
