@@ -57,15 +57,11 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """x [..., K] @ packed weight [N, K] (+ bias, then `activation` if given, which must be
     one of FUSED_ACTIVATIONS) -> [..., N]."""
     post = "none" if activation is None else FUSED_ACTIVATIONS[activation]
-    return torch.ops.mkldnn._linear_pointwise(_dense(x), weight, bias, post, [], "")
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, post, [], "")
 
 
 def packed_linear_binary(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          op: str, other: torch.Tensor) -> torch.Tensor:
     """(x [..., K] @ packed weight [N, K] + bias) `op` other [..., N]; op: "add" | "mul"."""
-    other = other if other.is_contiguous() else other.contiguous()
-    return torch.ops.mkldnn._linear_pointwise.binary(_dense(x), other, weight, bias, op)
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    return x if x.is_contiguous() else x.contiguous()
+    return torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), other.contiguous(), weight,
+                                                     bias, op)

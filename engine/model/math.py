@@ -43,20 +43,25 @@ def linear(w: Weights, name: str, x: torch.Tensor, activation: str | None = None
 def linear_add(w: Weights, name: str, x: torch.Tensor, other: torch.Tensor | None
                ) -> torch.Tensor:
     """linear(x) + other (a residual; None: nothing added), fused when the weight is packed."""
-    weight, bias = w[f"{name}.weight"], w.get(f"{name}.bias")
     if other is None:
         return linear(w, name, x)
-    if kernels.is_packed(weight):
-        return kernels.packed_linear_binary(x, weight, bias, "add", other)
-    return F.linear(x, weight, bias).add_(other)  # on the fresh output: a + x == x + a
+    return _linear_then(w, name, x, "add", other)
 
 
 def linear_mul(w: Weights, name: str, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """linear(x) * other (the gated MLP's up projection times the activated gate)."""
+    return _linear_then(w, name, x, "mul", other)
+
+
+def _linear_then(w: Weights, name: str, x: torch.Tensor, op: str, other: torch.Tensor
+                 ) -> torch.Tensor:
+    """linear(x) `op` other, op "add" | "mul": in the packed matmul's epilogue, or in place on
+    the fresh output (a + x == x + a, a * x == x * a)."""
     weight, bias = w[f"{name}.weight"], w.get(f"{name}.bias")
     if kernels.is_packed(weight):
-        return kernels.packed_linear_binary(x, weight, bias, "mul", other)
-    return F.linear(x, weight, bias).mul_(other)
+        return kernels.packed_linear_binary(x, weight, bias, op, other)
+    out = F.linear(x, weight, bias)
+    return out.add_(other) if op == "add" else out.mul_(other)
 
 
 def norm(cfg: ModelConfig, w: Weights, name: str, x: torch.Tensor) -> torch.Tensor:
