@@ -18,6 +18,7 @@ from engine.checkpoint import CheckpointReader
 from engine.config import ModelConfig
 from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.defaults import default_budgets, default_policy, resolve_device, resolve_dtype
+from engine.interrupts import deferred_interrupts
 from engine.model import LayerSpec, layer_specs
 from engine.native_memory import return_freed_memory
 from engine.policy.memory import minimum_bytes
@@ -30,6 +31,7 @@ from engine.schedule.executor import Executor
 from engine.stats import EngineStats
 from engine.storage import Lease, Ledger, MemoryBudgetError, Placed, Tiers
 from engine.storage.ledger import format_bytes
+from engine.storage.tiers import TierState
 from engine.validation import validate_prompts
 from engine.weights import place_weights
 
@@ -161,8 +163,9 @@ class Engine:
         if not prompts:
             return []
         begin = time.perf_counter()
-        prefix_cache = self._prefix_cache(prefix) if prefix else {}
+        before = self._tiers.snapshot()
         try:
+            prefix_cache = self._prefix_cache(prefix) if prefix else {}
             order = sorted(range(len(prompts)), key=lambda row: -len(prompts[row]))
             outputs: dict[int, list] = {}
             block = self.policy.block_size
@@ -171,9 +174,12 @@ class Engine:
                 batches = self._run_block(rows, prompts, consumer, prefix_cache, len(prefix))
                 for batch in batches:
                     outputs.update(results(batch))
-        finally:
             for placed in prefix_cache.values():
                 self._tiers.free(placed)
+        except BaseException:  # the prefix's homes too, wherever the call was cut
+            with deferred_interrupts():
+                self._tiers.restore(before)
+            raise
         outputs.update(getattr(consumer, "scores", {}))
         self.stats.total_s += time.perf_counter() - begin
         self.stats.prompt_tokens += sum(len(prompt) for prompt in prompts) + len(prefix)
@@ -200,14 +206,15 @@ class Engine:
         executor = Executor(runner, self._pool)
         steps = token_steps([layer.kind == "decoder" for layer in self._layers],
                             len(batches), self.policy.overlap)
-        used_before = dict(self._tiers.ledger.used)
+        before = self._tiers.snapshot()
         try:
             with torch.inference_mode():
                 self._run_tokens(executor, steps, batches)
             executor.drain()
             self._free_block(batches, runner, keep_caches)
         except BaseException:  # a failure, or Ctrl-C (also while the block is being freed)
-            self._abandon(executor, batches, runner, used_before)
+            with deferred_interrupts():  # a second Ctrl-C waits until the block is cleaned up
+                self._abandon(executor, batches, runner, before)
             raise
         self._tiers.staging.trim()
         return_freed_memory()  # what malloc kept of the block's temporaries (native_memory)
@@ -230,11 +237,12 @@ class Engine:
             executor.run(steps, active)
 
     def _abandon(self, executor: Executor, batches: list[GpuBatch], runner: BlockRunner,
-                 used_before: dict[str, int]) -> None:
+                 before: TierState) -> None:
         """A failed or interrupted block: cancel its pending I/O and wait for the running
-        (no thread touches the tiers after this), release what was loaded, free its homes and
-        files, and drop the charges of the working buffers it held (they die with the block):
-        every tier's charge is what it was before the block."""
+        (no thread touches the tiers after this), release what was loaded, free its homes,
+        and put the tiers back as they were before the block: its files removed and the
+        charges of the working buffers it held dropped (they die with the block), including
+        those of homes the interrupt caught before they were recorded."""
         for loaded in executor.cancel():
             for lease in loaded.values() if isinstance(loaded, dict) else [loaded]:
                 if isinstance(lease, Lease):
@@ -243,8 +251,7 @@ class Engine:
             self._free_block(batches, runner, keep_caches=False)
         self._tiers.staging.forget_lent()
         self._tiers.staging.trim()
-        for tier, used in list(self._tiers.ledger.used.items()):
-            self._tiers.ledger.free(tier, used - used_before.get(tier, 0))
+        self._tiers.restore(before)
 
     def _free_block(self, batches: list[GpuBatch], runner: BlockRunner, keep_caches: bool) -> None:
         for placed in runner.hidden.values():

@@ -15,10 +15,12 @@ read or write raises an `OffloadFileError` / `OSError` naming the tensor, the ti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import itertools
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,14 @@ class Lease:
     staging: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class TierState:
+    """`Tiers.snapshot`: bytes charged per tier and the names of the offload files."""
+
+    used: dict[str, int]
+    files: frozenset[str]
+
+
 def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return int(torch.Size(shape).numel()) * dtype.itemsize
 
@@ -89,6 +99,27 @@ class Tiers:
     def close(self) -> None:
         self.staging.trim()
         shutil.rmtree(self.offload_dir, ignore_errors=True)
+
+    def snapshot(self) -> TierState:
+        """What each tier holds now: its charges and the offload directory's files."""
+        return TierState(dict(self.ledger.used), self._files())
+
+    def restore(self, state: TierState) -> None:
+        """Back to `state` after a failed or interrupted call, once no thread touches the tiers:
+        every file made since is removed and every charge taken since dropped, whether or not
+        the homes that owned them were ever recorded anywhere (an interrupt can land between a
+        home's birth and its entry in a block's tables)."""
+        for name in self._files() - state.files:
+            with contextlib.suppress(OSError):
+                (self.offload_dir / name).unlink(missing_ok=True)
+        for tier, used in list(self.ledger.used.items()):
+            self.ledger.free(tier, used - state.used.get(tier, 0))
+
+    def _files(self) -> frozenset[str]:
+        try:
+            return frozenset(os.listdir(self.offload_dir))
+        except OSError:  # deleted behind the engine's back: nothing of it to remove
+            return frozenset()
 
     def in_place(self, tier: str) -> bool:
         """Whether a tensor homed on `tier` is computed on where it lives (no copy)."""

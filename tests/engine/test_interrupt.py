@@ -145,3 +145,93 @@ def test_ctrl_c_while_a_finished_block_is_freed(model_dirs, reference, tmp_path,
         assert _idle(eng) and _used(eng) == used
         assert {path.name for path in eng.offload_dir.iterdir()} == weights
         assert eng.generate(PROMPTS[:8], SHORT) == reference
+
+
+@pytest.mark.parametrize("method", ["hand_over", "fetch"])
+def test_ctrl_c_between_a_homes_birth_and_its_record(model_dirs, reference, tmp_path,
+                                                     monkeypatch, method):
+    """`hand_over` made a disk home the block has not recorded yet, or `take` fetched one it
+    has already dropped from its tables and not yet freed: the interrupt lands there, and the
+    file must still go. Without overlap these run in the thread Ctrl-C interrupts."""
+    policy = dataclasses.replace(OFFLOADED, overlap=False)
+    with Engine.from_pretrained(model_dirs("llama"), policy=policy, dtype=torch.float32,
+                                offload_dir=tmp_path) as eng:
+        weights = {path.name for path in eng.offload_dir.iterdir()}
+        assert eng.generate(PROMPTS[:8], SHORT) == reference
+        used, real, calls = _used(eng), getattr(eng._tiers, method), []
+
+        def interrupted(first, *args, **kwargs):
+            out = real(first, *args, **kwargs)
+            on_disk = first == "disk" if method == "hand_over" else first.tier == "disk"
+            if on_disk and (method == "hand_over" or args[0].startswith("hidden state")):
+                calls.append(1)
+                if len(calls) == 25:
+                    raise KeyboardInterrupt
+            return out
+
+        monkeypatch.setattr(eng._tiers, method, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            eng.generate(PROMPTS, LONG)
+        monkeypatch.undo()
+        assert len(calls) == 25
+        assert _idle(eng) and _used(eng) == used
+        assert {path.name for path in eng.offload_dir.iterdir()} == weights
+        assert eng.generate(PROMPTS[:8], SHORT) == reference
+
+
+def test_a_second_ctrl_c_waits_for_the_cleanup(model_dirs, reference, tmp_path, monkeypatch):
+    """Ctrl-C pressed again while the interrupted block is being cleaned up: the cleanup still
+    runs to its end (every file and charge gone), and the call then raises KeyboardInterrupt."""
+    policy = dataclasses.replace(OFFLOADED, overlap=False)  # stores in the interrupted thread
+    with Engine.from_pretrained(model_dirs("llama"), policy=policy, dtype=torch.float32,
+                                offload_dir=tmp_path) as eng:
+        weights = {path.name for path in eng.offload_dir.iterdir()}
+        assert eng.generate(PROMPTS[:8], SHORT) == reference
+        used, real_hand_over, real_free = _used(eng), eng._tiers.hand_over, eng._tiers.free
+        homes, frees_after = [], []
+
+        def hand_over(*args, **kwargs):
+            homes.append(1)
+            if len(homes) == 30:  # the first Ctrl-C
+                raise KeyboardInterrupt
+            return real_hand_over(*args, **kwargs)
+
+        def free(placed):
+            if len(homes) >= 30:
+                frees_after.append(1)
+                if len(frees_after) == 2:  # the cleanup has just begun freeing the homes
+                    signal.raise_signal(signal.SIGINT)
+            real_free(placed)
+
+        monkeypatch.setattr(eng._tiers, "hand_over", hand_over)
+        monkeypatch.setattr(eng._tiers, "free", free)
+        with pytest.raises(KeyboardInterrupt):
+            eng.generate(PROMPTS, LONG)
+        monkeypatch.undo()
+        assert len(frees_after) > 2, "the cleanup stopped at the second Ctrl-C"
+        time.sleep(0.3)  # cancelled I/O leaves the pool's queue
+        assert _idle(eng) and _used(eng) == used
+        assert {path.name for path in eng.offload_dir.iterdir()} == weights
+        assert eng.generate(PROMPTS[:8], SHORT) == reference
+
+
+def test_ctrl_c_with_a_shared_prefix_frees_the_prefix(model_dirs, tmp_path, monkeypatch):
+    """The prefix's KV cache lives for the whole call, beyond any block: an interrupt in a
+    later block removes it as well."""
+    with Engine.from_pretrained(model_dirs("llama"), policy=OFFLOADED, dtype=torch.float32,
+                                offload_dir=tmp_path) as eng:
+        weights = {path.name for path in eng.offload_dir.iterdir()}
+        used, real, blocks = _used(eng), eng._run_block, []
+
+        def run_block(*args, **kwargs):
+            blocks.append(1)
+            if len(blocks) == 2:  # the prefix was block 1
+                assert {path.name for path in eng.offload_dir.iterdir()} != weights
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(eng, "_run_block", run_block)
+        with pytest.raises(KeyboardInterrupt):
+            eng.generate(PROMPTS[:8], SHORT, prefix=[7, 8, 9, 10, 11, 12])
+        assert _used(eng) == used
+        assert {path.name for path in eng.offload_dir.iterdir()} == weights
