@@ -1,11 +1,12 @@
 """The offloading inference engine: tensors in, tensors out; never tables."""
 
 # isort: off
-# First, before anything imports torch: oneDNN reads its cache sizes once, at its first matmul
+# First, before anything imports torch: oneDNN reads its cache sizes once, at its first matmul,
+# and torch whether to use huge pages at its first allocation
 # (hence E402 for this file in pyproject.toml).
-from engine.native_memory import bound_native_caches
+from engine.native_memory import configure_native_libraries
 
-bound_native_caches()
+configure_native_libraries()
 # isort: on
 
 from engine.config import ModelConfig

@@ -10,9 +10,17 @@ docs/reliability.md, "Soak"):
   shapes (each matmul of a layer, prefill and decode, per batch length) that 256 entries hold.
 - glibc's malloc keeps freed memory in its heaps and arenas; `malloc_trim(0)` hands it back.
 
-`bound_native_caches` sets the caches' sizes unless the user already chose them (the variables
-are read when the libraries first build a cache); `return_freed_memory` runs at every block's
-end. fp32 matmuls (MKL) keep no such caches.
+And one thing makes big temporaries slow: a prefill's activations (hundreds of MB per layer at
+128 rows x 256 ids) are fresh mappings each time, faulted in 4 KiB at a time. torch's CPU
+allocator backs allocations of 2 MiB and more with transparent huge pages when
+`THP_MEM_ALLOC_ENABLE=1` (and the kernel's THP mode is `madvise` or `always`): on Qwen2-0.5B's
+shape in RAM (64 x 256 -> 16, bf16, alternating processes) prefill took 10.1 / 10.8 s instead of
+11.4 / 12.7 s, generate 77.2 / 76.0 tok/s instead of 71.0 / 73.0, and peak RSS fell a little
+(2.33 vs 2.42-2.57 GB).
+
+`configure_native_libraries` sets these unless the user already chose them (the variables are
+read when the libraries first build a cache or allocate); `return_freed_memory` runs at every
+block's end. fp32 matmuls (MKL) keep no such caches.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ CACHE_ENTRIES = 256  # demo classification: 64 thrashed (1.8x slower), 256 ran a
 _CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 
-def bound_native_caches() -> None:
-    """oneDNN's and ideep's per-shape caches at CACHE_ENTRIES, unless set in the environment."""
+def configure_native_libraries() -> None:
+    """oneDNN's and ideep's per-shape caches at CACHE_ENTRIES and huge pages for torch's big
+    CPU allocations, each unless set in the environment."""
     for name in _CACHE_VARIABLES:
         os.environ.setdefault(name, str(CACHE_ENTRIES))
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def _load_malloc_trim():

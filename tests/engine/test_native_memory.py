@@ -33,3 +33,14 @@ def test_new_shapes_do_not_grow_the_process():
     assert growth < GROWTH_LIMIT_MB, (
         f"RSS grew {growth:.0f} MB over {len(rss) - WARM_UP_CALLS} calls after warm-up "
         f"(caches at {CACHE_ENTRIES} entries): {[round(mb) for mb in rss[::10]]}")
+
+
+def test_importing_the_engine_turns_on_huge_pages_unless_told_otherwise():
+    code = "import os, engine; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {name: value for name, value in os.environ.items() if name != "THP_MEM_ALLOC_ENABLE"}
+    default = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120, check=True)
+    chosen = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                            env=env | {"THP_MEM_ALLOC_ENABLE": "0"},
+                            capture_output=True, text=True, timeout=120, check=True)
+    assert (default.stdout.strip(), chosen.stdout.strip()) == ("1", "0")
