@@ -121,6 +121,45 @@ def test_actor_defaults_leave_a_cpu_to_ray_data(cluster):
     assert half["disk"] < whole["disk"] and whole["host"] == "1GiB"
 
 
+class _TaskIds:
+    """`ray.get_runtime_context()` answering with a given task id (each process has its own)."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+
+    def get_task_id(self) -> str:
+        return self.task_id
+
+
+def _report(sink, keys, batch: pa.Table, task_id: str, monkeypatch) -> None:
+    """One actor process running `batch` and reporting it, as `ColumnActor.__call__` does."""
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: _TaskIds(task_id))
+    stats = fw.RunStats("generate")
+    stats.rows = batch.num_rows
+    sink.add(keys.key(batch), stats)
+
+
+def test_stats_keys_count_each_batch_once_whatever_ray_does(monkeypatch):
+    from udfs.ray_data.actor import ROW_INDEX, BatchKeys, StatsSink
+
+    def batch(first: int, texts: list[str]) -> pa.Table:
+        return pa.table({"text": texts,
+                         ROW_INDEX: pa.array(range(first, first + len(texts)), pa.int64())})
+
+    sink, first_actor, second_actor = StatsSink("generate"), BatchKeys(), BatchKeys()
+    _report(sink, first_actor, batch(0, ["a", "b"]), "task-1", monkeypatch)
+    _report(sink, first_actor, batch(2, ["a", "b"]), "task-1", monkeypatch)  # same values
+    _report(sink, second_actor, batch(4, ["a", "b"]), "task-2", monkeypatch)  # on another actor
+    restarted = BatchKeys()  # the first actor, killed and restarted: its retry has a new task id
+    _report(sink, restarted, batch(0, ["a", "b"]), "task-3", monkeypatch)
+    _report(sink, second_actor, batch(2, ["a", "b"]), "task-2", monkeypatch)  # or another actor
+    assert sink.total().rows == 6 and sink.retried() == 2
+    values_only = StatsSink("generate")  # no row index (an old Ray): a retry still counts once
+    _report(values_only, BatchKeys(), pa.table({"text": ["a", "b"]}), "task-1", monkeypatch)
+    _report(values_only, BatchKeys(), pa.table({"text": ["a", "b"]}), "task-9", monkeypatch)
+    assert values_only.total().rows == 2
+
+
 def test_package_imports_without_ray():
     code = ("import sys; sys.modules['ray'] = None\n"
             "import flexgen_wrangle as fw\n"
@@ -161,17 +200,20 @@ def _actor_pids() -> list[int]:
 def test_killed_actor_loses_and_duplicates_nothing(cluster, llm):
     texts = [f"row {row} says {'good' if row % 3 else 'bad'}" for row in range(40)]
     table = _table(texts)
-    out = fw.ray.generate(_dataset(table, blocks=8), "Echo {text}", model=llm, into="echo",
+    out = fw.ray.generate(_dataset(table, blocks=2), "Echo {text}", model=llm, into="echo",
                           concurrency=2, batch_size=2, max_new_tokens=12)
     results: list[pa.Table] = []
     runner = threading.Thread(target=lambda: results.append(_rows(out)))
     runner.start()
     deadline = time.monotonic() + 120
     while fw.ray.stats(out).rows == 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.02)
+    # Each actor has one task of 10 batches: right after the first batch is reported, killing
+    # every actor lands mid-task, so the reported batch is run and reported again on a restart.
     pids = _actor_pids()
     assert pids, "no actor process found"
-    os.kill(pids[0], signal.SIGKILL)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
     runner.join(timeout=300)
     assert results, "the job did not finish"
     result = results[0]
@@ -179,7 +221,8 @@ def test_killed_actor_loses_and_duplicates_nothing(cluster, llm):
     expected = table.to_pandas().flexgen.generate("Echo {text}", llm=llm, into="echo",
                                                   max_new_tokens=12)
     _assert_same(result, expected, ["echo"])
-    assert fw.ray.stats(out).rows == len(texts)  # the retried batch is counted once
+    assert ray.get(out._flexgen_stats.retried.remote()) > 0, "no reported batch was retried"
+    assert fw.ray.stats(out).rows == len(texts)  # the retried batches are counted once
 
 
 _DRIVER = textwrap.dedent("""

@@ -39,22 +39,55 @@ def recipe_of(model: str | Path | LLM) -> dict[str, Any]:
     return {"model_dir": Path(model), "progress": False, "memory": None}
 
 
+ROW_INDEX = "__flexgen_row_index"  # added by the job (`RayJob`), dropped before the pipeline
+
+
 class StatsSink:
-    """One per job (`ray.remote`): each actor reports each batch's `RunStats`. A batch retried
-    after an actor died reports under the same key, so it is counted once."""
+    """One per job (`ray.remote`): each actor reports each batch's `RunStats` under the batch's
+    key (`BatchKeys`). A batch retried after its actor died reports under the same key, so it is
+    counted once; `retried` says how many reports were such repeats."""
 
     def __init__(self, task: str) -> None:
         self.task = task
         self.batches: dict[tuple, RunStats] = {}
+        self.reports = 0
 
     def add(self, key: tuple, stats: RunStats) -> None:
+        self.reports += 1
         self.batches[key] = stats
+
+    def retried(self) -> int:
+        return self.reports - len(self.batches)
 
     def total(self) -> RunStats:
         total = RunStats(self.task)
         for stats in self.batches.values():
             total.merge(stats)
         return total
+
+
+class BatchKeys:
+    """Each batch's key in the `StatsSink`, from the batch alone: Ray's task ids cannot be used (in
+    the actor's UDF thread `get_task_id()` is fixed per process, so a batch retried on the
+    restarted actor came under a new id and was counted twice).
+
+    With the job's `ROW_INDEX` column (each row's id in the job, the same on every retry of its
+    batch), the key is a digest of those ids: one per batch, whichever actor runs it, however
+    often. Without it (a Ray lacking `monotonically_increasing_id`), a digest of the batch's
+    values and how many batches of those values this actor has run: a retry then counts once,
+    but two identical batches on two actors count once too."""
+
+    def __init__(self) -> None:
+        self.seen: Counter = Counter()
+
+    def key(self, batch: pa.Table) -> tuple:
+        if ROW_INDEX in batch.column_names:
+            ids = batch.column(ROW_INDEX).to_numpy().astype("<i8")
+            return ("rows", hashlib.sha256(ids.tobytes()).hexdigest()[:32])
+        values = json.dumps(batch.to_pylist(), default=str, sort_keys=True)
+        digest = hashlib.sha256(values.encode()).hexdigest()[:32]
+        self.seen[digest] += 1
+        return ("values", digest, self.seen[digest])
 
 
 class ColumnActor:
@@ -77,16 +110,19 @@ class ColumnActor:
         else:
             llm.engine  # noqa: B018  (built now: once per actor, not on its first batch)
         self.sink, self.parts = sink, parts
-        self.seen: Counter = Counter()
+        self.keys = BatchKeys()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.parts is not None:
             batch = self.parts.pending(batch)  # rows an earlier run wrote are skipped
-        if batch.num_rows == 0:
+        key = self.keys.key(batch) if batch.num_rows else None
+        if ROW_INDEX in batch.column_names:
+            batch = batch.drop_columns([ROW_INDEX])
+        if key is None:
             return self._empty(batch.schema)
         arrays = self.job.run(batch)
         out = append_columns(batch, self.job, arrays)
-        ray.get(self.sink.add.remote(self._key(batch), self.job.llm.last_stats))
+        ray.get(self.sink.add.remote(key, self.job.llm.last_stats))
         if self.parts is not None:
             self.parts.write(out)
             return out.slice(0, 0)  # the rows are on disk; nothing to carry downstream
@@ -94,15 +130,6 @@ class ColumnActor:
 
     def _empty(self, schema: pa.Schema) -> pa.Table:
         return self.job.output_schema(schema).empty_table()
-
-    def _key(self, batch: pa.Table) -> tuple:
-        """(Ray task, the batch's input values, how many such batches this task saw): the same
-        on a retry of the task, different for different batches."""
-        values = json.dumps(batch.select(self.job.input_columns).to_pylist(), default=str)
-        digest = hashlib.sha256(values.encode()).hexdigest()[:16]
-        task_id = ray.get_runtime_context().get_task_id()
-        self.seen[(task_id, digest)] += 1
-        return (task_id, digest, self.seen[(task_id, digest)])
 
     def __repr__(self) -> str:
         return f"ColumnActor({self.job.kind}, pid={os.getpid()})"

@@ -17,7 +17,7 @@ import ray.data
 from flexgen_wrangle.jobs import ColumnJob
 from flexgen_wrangle.llm import LLM
 from udfs.ray_data import resume as resuming
-from udfs.ray_data.actor import ColumnActor, StatsSink, recipe_of
+from udfs.ray_data.actor import ROW_INDEX, ColumnActor, StatsSink, recipe_of
 from udfs.ray_data.planning import (
     RESERVED_CPUS,
     SAMPLE_ROWS,
@@ -76,6 +76,8 @@ class RayJob:
         base = getattr(schema, "base_schema", None)
         if isinstance(base, pa.Schema):
             self.job.check(base)
+            if ROW_INDEX in base.names:
+                raise ValueError(f"{ROW_INDEX!r} is reserved for the job's own row index")
             if self.id_column is not None and self.id_column not in base.names:
                 raise ValueError(f"id_column {self.id_column!r} is not a column; columns are "
                                  f"{base.names}")
@@ -105,7 +107,7 @@ class RayJob:
 
     def _mapped(self, sink: Any, parts: Any = None) -> ray.data.Dataset:
         resources = self.resources
-        return self.ds.map_batches(
+        return _with_row_index(self.ds).map_batches(
             ColumnActor, batch_format="pyarrow", batch_size=self.batch_size,
             compute=ray.data.ActorPoolStrategy(size=resources.actors),
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
@@ -126,6 +128,18 @@ class RayJob:
             schema = self.job.output_schema(self.ds.schema().base_schema)
             return ray.data.from_arrow(schema.empty_table())
         return ray.data.read_parquet(str(self.output), file_extensions=["parquet"])
+
+
+def _with_row_index(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """`ds` with `ROW_INDEX`, each row's id in the job, for the actors' stats keys: Ray Data's
+    `monotonically_increasing_id` (its task's index and the row's place in it) is fixed when the
+    task is first submitted, so a batch retried on a restarted actor has the same ids. A Ray
+    without it: `ds` as is (the actors then key batches by their values)."""
+    try:
+        from ray.data.expressions import monotonically_increasing_id
+    except ImportError:
+        return ds
+    return ds.with_column(ROW_INDEX, monotonically_increasing_id())
 
 
 def _tagged(ds: ray.data.Dataset, sink: Any) -> ray.data.Dataset:
