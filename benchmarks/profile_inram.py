@@ -129,15 +129,15 @@ def profile_generate(engine, prompts: list[list[int]], gen_len: int) -> dict:
     return {"wall_s": wall, "ranges": breakdown(prof.events())}
 
 
-def packing_ab(model_dir, prompts: list[list[int]], gen_len: int, repeats: int) -> dict:
+def packing_ab(model_dir, prompts: list[list[int]], gen_len: int, repeats: int,
+               dtype: torch.dtype | None = None) -> dict:
     """Two engines in one process, one with weights packed for oneDNN and one without,
     generating in turn; tok/s of each run and the median ratio."""
     from engine import Engine, SamplingParams
     from engine.model import kernels
 
     supported = kernels.packing_supported
-    engines = {arm: Engine.from_pretrained(model_dir, dtype=torch.bfloat16)
-               for arm in ("plain", "packed")}
+    engines = {arm: Engine.from_pretrained(model_dir, dtype=dtype) for arm in ("plain", "packed")}
     rates: dict[str, list[float]] = {arm: [] for arm in engines}
     try:
         for _ in range(repeats + 1):  # the first round warms up (and packs) untimed
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--gen-len", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                        help="the engine's compute dtype (default: the engine's for this CPU)")
     parser.add_argument("--ab", type=int, default=0, help="repeats of the packing A/B (0: off)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--plain", action="store_true",
@@ -171,9 +173,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = ensure_checkpoint(args.model)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     prompts = _prompts(args.rows, args.prompt_len, vocab)
-    result: dict = {"model": args.model, "rows": args.rows, "prompt_len": args.prompt_len,
+    result: dict = {"model": args.model, "dtype": args.dtype or "engine default",
+                    "rows": args.rows, "prompt_len": args.prompt_len,
                     "gen_len": args.gen_len, "threads": torch.get_num_threads()}
     if not args.no_profile:
         from engine import Engine, SamplingParams
@@ -181,13 +185,13 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.plain:  # this process only
             kernels.packing_supported = lambda device, dtype: False
-        with Engine.from_pretrained(model_dir, dtype=torch.bfloat16) as engine:
+        with Engine.from_pretrained(model_dir, dtype=dtype) as engine:
             engine.generate(prompts[:2], SamplingParams(2, ignore_eos=True))  # packs, warms up
             result["profile"] = profile_generate(engine, prompts, args.gen_len)
         result["plain"] = args.plain
         print(format_breakdown(result["profile"]["ranges"]))
     if args.ab:
-        result["packing_ab"] = packing_ab(model_dir, prompts, args.gen_len, args.ab)
+        result["packing_ab"] = packing_ab(model_dir, prompts, args.gen_len, args.ab, dtype)
     print(json.dumps(result))
 
 

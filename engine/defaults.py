@@ -11,7 +11,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.memory_limit import available_memory
-from engine.model import LayerSpec
+from engine.model import LayerSpec, kernels
 from engine.policy.hardware import load_profile, nominal_profile
 from engine.policy.policy import TIERS, Policy
 from engine.policy.solver import solve
@@ -29,11 +29,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def cpu_dtype() -> torch.dtype:
+    """The default compute dtype on this CPU: bf16 where the CPU multiplies it in hardware
+    (half the bytes, AMX's fast path), else fp32."""
+    return torch.bfloat16 if kernels.cpu_multiplies_bf16() else torch.float32
+
+
 def resolve_dtype(dtype: torch.dtype | None, cfg: ModelConfig, device: torch.device) -> torch.dtype:
-    """The checkpoint's dtype on a GPU; bf16 on a CPU (its fast path, with AMX)."""
+    """The checkpoint's dtype on a GPU; on a CPU the one it multiplies fastest (`cpu_dtype`)."""
     if dtype is None:
         if device.type == "cpu":
-            return torch.bfloat16
+            return cpu_dtype()
         return cfg.torch_dtype if cfg.torch_dtype in (torch.float16, torch.bfloat16) else torch.float16
     allowed = (torch.float32, torch.bfloat16) if device.type == "cpu" else (
         torch.float32, torch.bfloat16, torch.float16)
