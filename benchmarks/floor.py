@@ -1,14 +1,15 @@
 """The floor: the least time the machine allows for a workload, to compare every run against.
 
-floor = max(FLOPs / measured bf16 matmul rate, for each link: bytes that must cross it /
-its measured bandwidth), minimised over how the rows are split into blocks. Links:
+floor = max(FLOPs / measured matmul rate, for each link: bytes that must cross it /
+its measured bandwidth), minimised over how the rows are split into blocks, in the run's dtype
+(bf16 or fp32: the matmul rate measured in it, 2 or 4 bytes per weight and KV element). Links:
 - `fast`: the memory compute reads from (RAM on a CPU box, HBM on a GPU): every weight once
   per forward pass per block, the KV cache once per decode step, KV writes once.
 - `offload`: what does not fit the fast-memory budget comes over the next link (disk on a CPU
-  box, PCIe on a GPU), once per pass per block. Reads only; bf16, uncompressed.
+  box, PCIe on a GPU), once per pass per block. Reads only; uncompressed.
 Compression (4-bit weights / cache) can go below this floor; the report says so.
 
-    python -m benchmarks.floor [--device cuda] [--refresh]   # measure (cached) and print
+    python -m benchmarks.floor [--device cuda] [--dtype float32] [--refresh]   # measure, print
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from benchmarks import CACHE_DIR
-from benchmarks.hardware import Hardware, measure_hardware
+from benchmarks.dtypes import DTYPE_CHOICES, resolve_dtype
+from benchmarks.hardware import Hardware, matmul_tokens, measure_hardware, measure_matmul_flops
 from benchmarks.machine import cpu_model
-from benchmarks.modelinfo import BF16_BYTES, ModelShape
+from benchmarks.modelinfo import ModelShape
 
 HARDWARE_CACHE = CACHE_DIR / "hardware.json"
 
@@ -66,8 +68,8 @@ def flops(shape: ModelShape, work: WorkloadShape) -> float:
 def link_bytes(
     shape: ModelShape, work: WorkloadShape, num_blocks: int, fast_budget: float | None
 ) -> dict[str, float]:
-    """Bytes over each link when the rows go as num_blocks equal blocks."""
-    streamed = (shape.matmul_params + shape.head_params) * BF16_BYTES  # read by every pass
+    """Bytes over each link when the rows go as num_blocks equal blocks (in shape.dtype)."""
+    streamed = (shape.matmul_params + shape.head_params) * shape.dtype_bytes  # every pass
     kv_token = shape.kv_bytes_per_token()
     block_rows = work.rows / num_blocks
     prefix = work.shared_prefix
@@ -88,7 +90,11 @@ def compute_floor(
     hardware: Hardware,
     fast_budget: float | None = None,
 ) -> Floor:
-    """fast_budget: bytes of fast memory for weights + KV cache (None: everything fits)."""
+    """fast_budget: bytes of fast memory for weights + KV cache (None: everything fits). The
+    shape's dtype (its bytes) and the hardware's matmul rate must be of the same dtype."""
+    if hardware.matmul_dtype != shape.dtype:
+        raise ValueError(f"a floor in {shape.dtype} needs the matmul rate in {shape.dtype}, "
+                         f"not {hardware.matmul_dtype}")
     total_flops = flops(shape, work)
     compute_s = total_flops / hardware.matmul_flops
     bandwidth = {"fast": hardware.fast_bandwidth, "offload": hardware.offload_bandwidth}
@@ -107,18 +113,38 @@ def compute_floor(
                  tok_per_s=gen_tokens / seconds if seconds > 0 else math.inf)
 
 
-def load_or_measure(device: str = "cpu", refresh: bool = False, quick: bool = False) -> Hardware:
-    """The hardware profile for `device`, measured once per machine and cached in
-    .cache/hardware.json (keyed by device, CPU model and core count)."""
+def load_or_measure(device: str = "cpu", dtype: str = "bfloat16", refresh: bool = False,
+                    quick: bool = False) -> Hardware:
+    """The hardware profile for `device` with the matmul rate in `dtype`, cached in
+    .cache/hardware.json (keyed by device, CPU model and core count): the links are measured
+    once per machine, the matmul rate once per dtype (kept beside the other dtype's)."""
     key = f"{device}|{cpu_model()}|{len(os.sched_getaffinity(0))}"
     cached = json.loads(HARDWARE_CACHE.read_text()) if HARDWARE_CACHE.exists() else {}
-    if key in cached and not refresh:
-        return Hardware(**cached[key])
-    hardware = measure_hardware(device, scratch_dir=CACHE_DIR, quick=quick)
-    cached[key] = asdict(hardware)
-    HARDWARE_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    HARDWARE_CACHE.write_text(json.dumps(cached, indent=2) + "\n")
-    return hardware
+    entry = None if refresh else cached.get(key)
+    if entry is None:
+        entry = _cache_entry(measure_hardware(device, dtype, scratch_dir=CACHE_DIR, quick=quick))
+    rates = rates_by_dtype(entry)
+    if dtype not in rates:
+        rates[dtype] = measure_matmul_flops(device, dtype, tokens=matmul_tokens(quick))
+    entry = {**entry, "matmul_flops": rates}
+    if cached.get(key) != entry:
+        cached[key] = entry
+        HARDWARE_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        HARDWARE_CACHE.write_text(json.dumps(cached, indent=2) + "\n")
+    return Hardware(**{**entry, "matmul_flops": rates[dtype], "matmul_dtype": dtype})
+
+
+def rates_by_dtype(entry: dict) -> dict[str, float]:
+    """A cached entry's matmul rates, dtype -> FLOP/s (an entry from before the dtype choice
+    holds one number: the probe was bf16 then)."""
+    rates = entry["matmul_flops"]
+    return dict(rates) if isinstance(rates, dict) else {"bfloat16": rates}
+
+
+def _cache_entry(hardware: Hardware) -> dict:
+    entry = asdict(hardware)
+    entry["matmul_flops"] = {entry.pop("matmul_dtype"): hardware.matmul_flops}
+    return entry
 
 
 def _triangle(length: float) -> float:
@@ -134,9 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="measure the machine's rates (cached)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--refresh", action="store_true", help="measure again")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="the matmul probe's dtype (auto: as benchmarks.run picks it)")
     parser.add_argument("--quick", action="store_true", help="smaller probes")
     args = parser.parse_args(argv)
-    print(json.dumps(asdict(load_or_measure(args.device, args.refresh, args.quick)), indent=2))
+    dtype = resolve_dtype(args.dtype, args.device)
+    hardware = load_or_measure(args.device, dtype, args.refresh, args.quick)
+    print(json.dumps(asdict(hardware), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Probes of the machine's rates: bf16 matmul FLOP/s, memory bandwidth, offload-link bandwidth.
+"""Probes of the machine's rates: matmul FLOP/s in a dtype, memory bandwidth, offload-link
+bandwidth.
 
 Each probe keeps the best of a few repeats (the floor is what the machine *can* do). On a CPU
 box the fast memory is RAM and the offload link is the disk; on a GPU, HBM and pinned PCIe.
@@ -23,11 +24,12 @@ MiB = 1024**2
 @dataclass(frozen=True)
 class Hardware:
     device: str
-    matmul_flops: float  # bf16, prefill-shaped F.linear (8192x1024 @ 1024x3072)
+    matmul_flops: float  # in matmul_dtype, prefill-shaped F.linear (8192x1024 @ 1024x3072)
     fast_bandwidth: float  # bytes/s: torch copy_ counting read + write (RAM or HBM)
     offload_bandwidth: float  # bytes/s: disk sequential read (CPU) / pinned host->device (GPU)
     offload_method: str  # "O_DIRECT", "fadvise" or "pinned-h2d"
     measured_at: str
+    matmul_dtype: str = "bfloat16"  # "bfloat16" or "float32"
 
 
 def best_seconds(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> float:
@@ -46,10 +48,16 @@ def _sync_for(device: str) -> Callable[[], None]:
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
-def measure_matmul_flops(device: str = "cpu", tokens: int = 8192, repeats: int = 5) -> float:
-    """x[tokens, 1024] @ w[3072, 1024]^T in bf16: the shape of a prefill projection."""
-    x = torch.randn(tokens, 1024, dtype=torch.bfloat16, device=device)
-    w = torch.randn(3072, 1024, dtype=torch.bfloat16, device=device)
+def matmul_tokens(quick: bool) -> int:
+    """Rows of the matmul probe (a quarter for --quick)."""
+    return 8192 // 4 if quick else 8192
+
+
+def measure_matmul_flops(device: str = "cpu", dtype: str = "bfloat16", tokens: int = 8192,
+                         repeats: int = 5) -> float:
+    """x[tokens, 1024] @ w[3072, 1024]^T in `dtype`: the shape of a prefill projection."""
+    x = torch.randn(tokens, 1024, dtype=getattr(torch, dtype), device=device)
+    w = torch.randn(3072, 1024, dtype=getattr(torch, dtype), device=device)
     with torch.inference_mode():
         seconds = best_seconds(lambda: F.linear(x, w), repeats, _sync_for(device))
     return 2 * tokens * 1024 * 3072 / seconds
@@ -114,16 +122,16 @@ def _timed_read(path: Path, direct: bool) -> float:
         os.close(fd)
 
 
-def measure_hardware(device: str = "cpu", scratch_dir: Path | None = None,
-                     quick: bool = False) -> Hardware:
+def measure_hardware(device: str = "cpu", dtype: str = "bfloat16",
+                     scratch_dir: Path | None = None, quick: bool = False) -> Hardware:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' but torch.cuda.is_available() is False")
     scale = 4 if quick else 1
-    matmul = measure_matmul_flops(device, tokens=8192 // scale)
+    matmul = measure_matmul_flops(device, dtype, tokens=matmul_tokens(quick))
     fast = measure_copy_bandwidth(device, nbytes=512 * MiB // scale)
     if device == "cuda":
         offload, method = measure_h2d_bandwidth(512 * MiB // scale), "pinned-h2d"
     else:
         offload, method = measure_disk_read(scratch_dir or Path("."), 1024 * MiB // scale)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return Hardware(device, matmul, fast, offload, method, now)
+    return Hardware(device, matmul, fast, offload, method, now, matmul_dtype=dtype)

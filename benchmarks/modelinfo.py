@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-BF16_BYTES = 2
+from benchmarks.dtypes import ITEMSIZE
+
+STORED_DTYPE = "bfloat16"  # benchmarks.checkpoints stores every tensor in bf16
 
 
 @dataclass(frozen=True)
@@ -19,14 +21,25 @@ class ModelShape:
     q_dim: int  # num_heads * head_dim: the width attention scores are taken over
     kv_dim: int  # num_kv_heads * head_dim (smaller than q_dim under GQA)
     vocab_size: int
-    weight_bytes: int  # every stored tensor, as stored
+    weight_bytes: int  # every tensor, in `dtype` (from_dir: as stored)
     matmul_params: int  # weights of the per-token matmuls in the decoder layers (+ projections)
     head_params: int  # the LM head matmul (the tied embedding when tied)
     layer_bytes: int  # the largest unit streamed at once: a decoder layer, or the LM head
+    dtype: str = STORED_DTYPE  # what a run holds weights and KV cache in (the bytes above too)
 
-    def kv_bytes_per_token(self, dtype_bytes: int = BF16_BYTES) -> int:
+    @property
+    def dtype_bytes(self) -> int:
+        return ITEMSIZE[self.dtype]
+
+    def kv_bytes_per_token(self) -> int:
         """Keys and values of one token across all layers."""
-        return 2 * self.num_layers * self.kv_dim * dtype_bytes
+        return 2 * self.num_layers * self.kv_dim * self.dtype_bytes
+
+    def in_dtype(self, dtype: str) -> ModelShape:
+        """The shape as a run in `dtype` holds it: weight and layer bytes scaled by itemsize."""
+        scale = ITEMSIZE[dtype] / self.dtype_bytes
+        return replace(self, dtype=dtype, weight_bytes=round(self.weight_bytes * scale),
+                       layer_bytes=round(self.layer_bytes * scale))
 
     @classmethod
     def from_dir(cls, model_dir: Path | str) -> ModelShape:

@@ -1,7 +1,8 @@
 """Pure result handling: medians per system, ratios to peers and to the floor, markdown.
 
 A run is the dict a runner printed (plus what the orchestrator adds: label, counted, cap,
-command, error). Only successful runs with `counted` set enter the medians.
+command, error). Only successful runs with `counted` set enter the medians. Results from before
+the dtype choice carry no dtype: they ran in bf16.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import re
 import statistics
 from pathlib import Path
+
+from benchmarks.dtypes import short_name
 
 PEER_RUNNERS = ("hf", "accelerate_offload", "llamacpp", "vllm_cpu")
 PEER_LABELS = ("pipeline:plain",)  # workload 3's baseline: the engine in plain FlexGen mode
@@ -109,10 +112,11 @@ def _table_cells(row: dict, peers: list[str]) -> list[str]:
 def render_workload(result: dict) -> str:
     """A workload's section: what ran, the floor, the table, the sweeps, the commands."""
     work, floor = result["workload"], result["floor"]
+    dtype = short_name(result.get("dtype", "bfloat16"))
     parts = [
         f"### Workload {work['key']}: {work['title']}",
         f"{work['rows']} prompts x {work['prompt_len']} ids -> {work['gen_len']} new; model "
-        f"`{work['model']}` ({fmt_bytes(result['weight_bytes'])} bf16); memory: "
+        f"`{work['model']}` (weights {fmt_bytes(result['weight_bytes'])} {dtype}); memory: "
         f"{_memory_line(result['memory'])}.",
         f"Floor: {floor['seconds']:.2f} s = {floor['tok_per_s']:.1f} tok/s, bound by "
         f"{floor['bound']} (compute {floor['compute_s']:.2f} s; links "
@@ -139,13 +143,13 @@ def _memory_line(memory: dict) -> str:
 
 
 def agreement_line(rows: list[dict]) -> str:
-    """Whether the systems generated the same ids (bf16 kernels may differ in the last bit)."""
+    """Whether the systems generated the same ids (kernels may round differently)."""
     hashes = {row["label"]: row["outputs_sha"] for row in rows if row.get("outputs_sha")}
     distinct = {sha for shas in hashes.values() for sha in shas}
     if len(distinct) <= 1:
         return f"identical ids across {len(hashes)} system(s)"
     detail = ", ".join(f"{label} {'/'.join(shas)}" for label, shas in hashes.items())
-    return f"ids differ (bf16 rounding differs between kernels / prefix splits): {detail}"
+    return f"ids differ (rounding differs between kernels / prefix splits): {detail}"
 
 
 def sweep_lines(runs: list[dict]) -> dict[str, str]:
@@ -162,19 +166,22 @@ def sweep_lines(runs: list[dict]) -> dict[str, str]:
 
 def render_report(results: dict) -> str:
     meta, hardware = results["meta"], results["hardware"]
+    dtype = short_name(meta.get("dtype", "bfloat16"))
+    matmul_dtype = short_name(hardware.get("matmul_dtype", "bfloat16"))
     parts = [
         f"Measured {meta['timestamp']} on {meta['machine']['cpu']} "
         f"({meta['machine']['cores']} cores, {fmt_bytes(meta['machine']['ram_bytes'])} RAM"
         f"{', ' + meta['machine']['gpu'] if meta['machine'].get('gpu') else ''}); "
         + ", ".join(f"{name} {version}" for name, version in meta["versions"].items()) + ".",
         f"Command: `{meta['command']}` (git {meta['git']}).",
-        f"Machine rates: bf16 matmul {hardware['matmul_flops'] / 1e12:.2f} TFLOP/s, "
+        f"Machine rates: {matmul_dtype} matmul {hardware['matmul_flops'] / 1e12:.2f} TFLOP/s, "
         f"fast memory {hardware['fast_bandwidth'] / 1e9:.1f} GB/s (copy, read + write), "
         f"offload link {hardware['offload_bandwidth'] / 1e9:.2f} GB/s "
         f"({hardware['offload_method']}).",
-        "tok/s = generated tokens / generate wall time (after load and a short untimed "
-        "warm-up); e2e includes load and warm-up. x floor = median generate time / floor "
-        "(uncompressed bf16). Medians over the counted runs; peers at their sweep's best batch.",
+        f"Every system in {dtype} (weights and compute). tok/s = generated tokens / generate "
+        "wall time (after load and a short untimed warm-up); e2e includes load and warm-up. "
+        f"x floor = median generate time / floor (uncompressed {dtype}). Medians over the "
+        "counted runs; peers at their sweep's best batch.",
         "",
     ]
     parts += [render_workload(result) + "\n" for result in results["workloads"]]
