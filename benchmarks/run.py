@@ -1,13 +1,14 @@
 """Run the benchmark: every system in its own process on the same prompts and checkpoint.
 
     python -m benchmarks.run [--quick] [--workload 1 --workload 2] [--repeats 3] \
-        [--device cpu|cuda] [--cap auto|on|off] [--systems hf,ours:auto] \
-        [--report docs/benchmarks.md]
+        [--device cpu|cuda] [--dtype auto|bfloat16|float32] [--cap auto|on|off] \
+        [--systems hf,ours:auto] [--report docs/benchmarks.md]
 
 For each workload: build the checkpoint (once), measure the machine (once, cached), compute
 the floor, then per system: evict the model files from the page cache, start the runner inside
 the workload's memory cap, collect its JSON line. Peers sweep batch sizes (one run each) and
 repeat the best; medians go to results/<timestamp>.json and a markdown table on stdout.
+Every system, the memory plan and the floor use one dtype (`--dtype`, `benchmarks.dtypes`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from benchmarks import BENCH_DIR, CACHE_DIR, RESULTS_DIR, peers
 from benchmarks.checkpoints import ensure_checkpoint
+from benchmarks.dtypes import DTYPE_CHOICES, resolve_dtype, short_name
 from benchmarks.floor import WorkloadShape, compute_floor, load_or_measure
 from benchmarks.hardware import Hardware
 from benchmarks.machine import git_revision, machine_info, versions
@@ -40,6 +42,7 @@ from benchmarks.workloads import (
     SystemSpec,
     Workload,
     get_workload,
+    in_dtype,
     memory_plan,
 )
 
@@ -62,6 +65,7 @@ class Context:
     repeats: int
     raw_dir: Path
     timeout_s: float
+    dtype: str = "bfloat16"  # every system's weights and compute
 
 
 def ours_memory(ctx: Context) -> dict[str, int] | None:
@@ -93,7 +97,7 @@ def runner_command(ctx: Context, system: SystemSpec, batch: int | None,
            "--model", str(ctx.model_dir), "--rows", str(work.rows),
            "--prompt-len", str(work.prompt_len), "--gen-len", str(work.gen_len),
            "--device", ctx.device, "--variant", system.label, "--prompts", work.prompts,
-           "--prefix-len", str(work.prefix_len)]
+           "--prefix-len", str(work.prefix_len), "--dtype", ctx.dtype]
     if batch is not None:
         cmd += ["--batch", str(batch)]
     if system.runner == "accelerate_offload":
@@ -213,7 +217,7 @@ def run_workload(ctx: Context, hardware: Hardware, only: list[str] | None) -> di
         runs += run_system(ctx, system)
     warnings = sorted({run["cap"]["warning"] for run in runs if run["cap"].get("warning")})
     return {
-        "workload": asdict(work), "model_dir": str(ctx.model_dir),
+        "workload": asdict(work), "model_dir": str(ctx.model_dir), "dtype": ctx.dtype,
         "weight_bytes": ctx.shape.weight_bytes, "memory": asdict(ctx.memory),
         "floor": floor.as_dict(), "runs": runs, "warnings": warnings,
         "wall_s": time.monotonic() - start,
@@ -228,6 +232,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="repeatable; default: 1 and 2 (3: wrangling, hours at full size)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="every system's weights and compute, and the floor's (auto: on "
+                        "a CPU the engine's default, bf16 only where the CPU multiplies bf16 "
+                        "in hardware, else fp32; on CUDA bf16)")
     parser.add_argument("--cap", default="auto", choices=["auto", "on", "off"],
                         help="cgroup memory cap: auto = the workload's default (2: on)")
     parser.add_argument("--systems", default=None, help="comma list of label prefixes")
@@ -236,22 +244,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--remeasure", action="store_true", help="re-probe machine rates")
     parser.add_argument("--report", type=Path, default=None, help="markdown file to refresh")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.dtype = resolve_dtype(args.dtype, args.device)  # "auto" resolved once, here
+    return args
 
 
 def make_context(args: argparse.Namespace, number: str, raw_dir: Path) -> Context:
-    work = get_workload(number, args.quick)
+    work = in_dtype(get_workload(number, args.quick), args.dtype)
     if args.model:
         work = replace(work, model=args.model)
     model_dir = ensure_checkpoint(work.model)
-    shape = ModelShape.from_dir(model_dir)
+    shape = ModelShape.from_dir(model_dir).in_dtype(args.dtype)
     capped = None if args.cap == "auto" else args.cap == "on"
     if args.cap == "auto" and args.device == "cuda":
         capped = False  # the cap is for page cache on a CPU box; GPU memory is the budget
     memory = memory_plan(work, shape.weight_bytes, shape.kv_bytes_per_token(),
                          shape.layer_bytes, capped)
     timeout = args.timeout or (300.0 if args.quick else 1800.0)
-    return Context(work, model_dir, shape, memory, args.device, args.repeats, raw_dir, timeout)
+    return Context(work, model_dir, shape, memory, args.device, args.repeats, raw_dir, timeout,
+                   args.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     raw_dir = args.results_dir / "raw" / stamp
     raw_dir.mkdir(parents=True, exist_ok=True)
-    hardware = load_or_measure(args.device, refresh=args.remeasure, quick=args.quick)
+    hardware = load_or_measure(args.device, args.dtype, refresh=args.remeasure, quick=args.quick)
     if args.remeasure:
-        refresh_engine_profile(args.device)
+        refresh_engine_profile(args.device, args.dtype)
     only = args.systems.split(",") if args.systems else None
     workloads = [run_workload(make_context(args, n, raw_dir), hardware, only) for n in numbers]
-    results = {"meta": _meta(stamp), "hardware": asdict(hardware), "workloads": workloads}
+    results = {"meta": _meta(stamp, args.dtype), "hardware": asdict(hardware),
+               "workloads": workloads}
     out_path = args.results_dir / f"{stamp}.json"
     out_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     markdown = render_report(results)
@@ -280,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def refresh_engine_profile(device: str) -> None:
+def refresh_engine_profile(device: str, dtype: str) -> None:
     """Re-measure the engine's own hardware profile (what its planner reads) with the harness's
     rates, so that `ours:auto` plans with the machine's speed now, not the cached one."""
     import torch
@@ -289,14 +301,15 @@ def refresh_engine_profile(device: str) -> None:
 
     OFFLOAD_PARENT.mkdir(parents=True, exist_ok=True)
     profile = load_profile(device, OFFLOAD_PARENT, refresh=True)
-    log(f"engine profile re-measured: bf16 {profile.flops(torch.bfloat16) / 1e12:.2f} TFLOP/s, "
+    rate = profile.flops(getattr(torch, dtype)) / 1e12
+    log(f"engine profile re-measured: {short_name(dtype)} {rate:.2f} TFLOP/s, "
         f"disk->host {profile.bandwidth['disk->host'] / 1e9:.2f} GB/s")
 
 
-def _meta(stamp: str) -> dict:
+def _meta(stamp: str, dtype: str) -> dict:
     python = os.path.relpath(sys.executable, BENCH_DIR.parent)
     command = shlex.join([python, "-m", "benchmarks.run", *sys.argv[1:]])
-    return {"timestamp": stamp, "command": command, "machine": machine_info(),
+    return {"timestamp": stamp, "command": command, "dtype": dtype, "machine": machine_info(),
             "versions": versions(), "git": git_revision(BENCH_DIR.parent)}
 
 

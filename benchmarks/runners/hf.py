@@ -1,4 +1,4 @@
-"""HF transformers `generate`, all weights in memory, bf16, greedy, exactly gen_len new ids.
+"""HF transformers `generate`, all weights in memory, in --dtype, greedy, exactly gen_len new ids.
 
     python -m benchmarks.runners.hf --model DIR --rows 256 --prompt-len 128 --gen-len 32 --batch 32
 """
@@ -64,6 +64,11 @@ def generate_all(
     return outputs
 
 
+def load_model(args: argparse.Namespace) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    return model.to(args.device).eval()
+
+
 def sync_for(device: str):
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -73,8 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     prompts = prompts_for(args)
     meter = Meter()
     with meter.phase("load", sync_for(args.device)):
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16)
-        model.to(args.device).eval()
+        model = load_model(args)
     if args.warmup_tokens:
         with meter.phase("warmup", sync_for(args.device)):
             warm = warmup_prompts(prompts, args.warmup_rows)

