@@ -118,3 +118,15 @@ def ctrl_c_raises():
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Each test starts with the process's torch thread count: code that sets it for its own
+    process (a Ray actor, a stage worker) may run in this one, and fp32 matmuls round
+    differently at another thread count, so a later test's reference would differ in the last
+    bits from the same run in a subprocess."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
