@@ -29,7 +29,7 @@ def main() -> None:
                     activations=Placement.on("device"))
     prompts = [[(row * 7 + col) % 500 + 3 for col in range(spec["prompt_len"])]
                for row in range(spec["rows"])]
-    with Engine.from_pretrained(model_dir, policy=policy, dtype=torch.bfloat16,
+    with Engine.from_pretrained(model_dir, policy=policy, dtype=getattr(torch, spec["dtype"]),
                                 memory=spec["memory"]) as eng:
         eng.generate(prompts, SamplingParams(max_new_tokens=spec["gen_len"], ignore_eos=True))
         peaks = dict(eng.stats.peak_bytes)

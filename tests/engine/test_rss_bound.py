@@ -16,15 +16,19 @@ from transformers import LlamaConfig
 
 from benchmarks.checkpoints import build_checkpoint
 from benchmarks.memcap import memory_cap, own_memory_cgroup
+from engine.defaults import cpu_dtype
 from engine.memory_limit import FIXED_OVERHEAD_BYTES
 
 MiB = 2**20
 CHILD = Path(__file__).with_name("rss_child.py")
+DTYPE = cpu_dtype()  # this CPU's fast one: bf16 emulated on an AVX2-only CPU takes minutes here
+SCALE = DTYPE.itemsize // 2  # budgets sized for bf16 bytes, doubled in fp32
 SPEC = {  # 128 rows x (96 + 16) tokens; ~150 MB of bf16 weights, 70% of them on disk; 117 MB
-    # of KV cache, half of it on disk
+    # of KV cache, half of it on disk (twice the bytes in fp32)
     "gpu_batch_size": 16, "num_gpu_batches": 8, "rows": 128, "prompt_len": 96, "gen_len": 16,
     "weights": {"device": 5, "host": 25, "disk": 70}, "cache": {"device": 0, "host": 50, "disk": 50},
-    "memory": {"device": 128 * MiB, "host": 96 * MiB, "disk": 1024 * MiB},
+    "memory": {"device": 128 * MiB * SCALE, "host": 96 * MiB * SCALE, "disk": 1024 * MiB * SCALE},
+    "dtype": str(DTYPE).removeprefix("torch."),
 }
 RAM_BUDGET = SPEC["memory"]["device"] + SPEC["memory"]["host"]
 BOUND = int(1.1 * (RAM_BUDGET + FIXED_OVERHEAD_BYTES))
