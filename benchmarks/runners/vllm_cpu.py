@@ -10,7 +10,8 @@ EOS ignored, exactly --gen-len new ids, in --dtype (vLLM's `dtype`, weights and 
 Prefix caching: on for the wrangling prompts (their shared prefix is what it is for), off
 otherwise, and the cache is reset after the warm-up, so the timed run reuses nothing; every
 repeat is a fresh process. Its KV cache is reserved up front (`VLLM_CPU_KVCACHE_SPACE`, GiB):
-by default what --batch sequences of the longest prompt need, plus a quarter. Load (model and
+by default what --batch sequences of the longest prompt need, plus a quarter, at most half of
+the memory available. Load (model and
 compile warm-up, minutes) is excluded from tok/s like every runner's. The model runs in a child
 process (the engine core), beside compile workers: peak RSS is the whole process tree's peak
 summed PSS (`proctree.TreeSampler`: shared libtorch pages counted once), and the children are
@@ -46,9 +47,21 @@ def kv_bytes_per_token(config: dict, dtype: str = "bfloat16") -> int:
 
 
 def kv_space_gib(config: dict, max_num_seqs: int, max_model_len: int,
-                 dtype: str = "bfloat16") -> int:
-    need = kv_bytes_per_token(config, dtype) * max_num_seqs * max_model_len * 1.25
-    return max(1, math.ceil(need / GiB))
+                 dtype: str = "bfloat16", available_bytes: int | None = None) -> int:
+    """What max_num_seqs sequences of max_model_len need, plus a quarter, but at most half of
+    `available_bytes`: vLLM refuses to start when the reservation exceeds free memory, and its
+    paged cache runs fewer sequences at once when full (long-tailed rows in fp32: 21 GiB)."""
+    need = math.ceil(kv_bytes_per_token(config, dtype) * max_num_seqs * max_model_len * 1.25 / GiB)
+    if available_bytes is not None:
+        need = min(need, int(available_bytes / 2 // GiB))
+    return max(1, need)
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (standard library only: this runs in vLLM's venv)."""
+    with open("/proc/meminfo") as meminfo:
+        line = next(line for line in meminfo if line.startswith("MemAvailable:"))
+    return int(line.split()[1]) * 1024
 
 
 def prefix_caching(args: argparse.Namespace) -> bool:
@@ -130,7 +143,8 @@ def run(args: argparse.Namespace) -> dict:
     config = json.loads((args.model / "config.json").read_text())
     prompts = prompts_for(args)
     max_model_len = max(len(p) for p in prompts) + args.gen_len
-    kv_gib = args.kv_space_gib or kv_space_gib(config, args.batch, max_model_len, args.dtype)
+    kv_gib = args.kv_space_gib or kv_space_gib(config, args.batch, max_model_len, args.dtype,
+                                               available_memory_bytes())
     os.environ.update(vllm_env(args, kv_gib, args.cache_root))
     from vllm import LLM  # after the env: vLLM reads it at import
 

@@ -292,6 +292,9 @@ def test_vllm_settings() -> None:
     assert vllm_cpu.kv_bytes_per_token(config) == 32 * 1024  # Llama-3.2-1B: 32 KiB a token
     assert vllm_cpu.kv_space_gib(config, 256, 96) == 1  # 0.94 GiB with the quarter on top
     assert vllm_cpu.kv_space_gib(config, 256, 512) == 5  # 4 GiB, and a quarter
+    assert vllm_cpu.kv_space_gib(config, 256, 512, available_bytes=6 * 2**30) == 3  # half of it
+    assert vllm_cpu.kv_space_gib(config, 256, 512, available_bytes=64 * 2**30) == 5  # room
+    assert vllm_cpu.available_memory_bytes() > 0
     assert not vllm_cpu.prefix_caching(_vargs())
     assert vllm_cpu.prefix_caching(_vargs(prompts="wrangling"))
     assert vllm_cpu.prefix_caching(_vargs(prefix_caching="on"))
