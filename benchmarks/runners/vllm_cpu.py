@@ -30,6 +30,8 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
+
 from benchmarks import peers
 from benchmarks.dtypes import ITEMSIZE
 from benchmarks.runners.common import Meter, base_parser, build_result, emit, prompts_for
@@ -58,10 +60,9 @@ def kv_space_gib(config: dict, max_num_seqs: int, max_model_len: int,
 
 
 def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (standard library only: this runs in vLLM's venv)."""
-    with open("/proc/meminfo") as meminfo:
-        line = next(line for line in meminfo if line.startswith("MemAvailable:"))
-    return int(line.split()[1]) * 1024
+    """Available RAM (psutil, which vLLM's venv has; not `engine.memory_limit`, since importing
+    the engine there would set its native-library environment for vLLM too)."""
+    return psutil.virtual_memory().available
 
 
 def prefix_caching(args: argparse.Namespace) -> bool:
