@@ -13,6 +13,7 @@ from engine.batch import CacheEntry, GpuBatch
 from engine.config import ModelConfig
 from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.model import LayerSpec, kernels, math
+from engine.model.chunks import decoder_in_chunks
 from engine.model.workspace import workspace_bytes
 from engine.policy.policy import Policy
 from engine.storage import Lease, Placed, Tiers
@@ -131,7 +132,7 @@ class BlockRunner:
                 out = math.embed(self.cfg, w, batch.ids.to(self.tiers.device), step)
             elif spec.kind == "decoder":
                 kv = (cache.tensor[0], cache.tensor[1])
-                out = math.decoder(self.cfg, w, hidden.tensor, kv, step, spec)
+                out = decoder_in_chunks(self.cfg, w, hidden.tensor, kv, step, spec)
             else:
                 self.consumer.consume(batch, hidden.tensor, lambda x: math.head(self.cfg, w, x))
                 out = None

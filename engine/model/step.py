@@ -35,6 +35,12 @@ class RingInputs:
     read_ring: bool
     mask: torch.Tensor
 
+    def select(self, rows: slice) -> RingInputs:
+        """The same writes and mask for the batch rows `rows` only, renumbered from 0."""
+        keep = (self.rows >= rows.start) & (self.rows < rows.stop)
+        return RingInputs(self.size, self.rows[keep] - rows.start, self.tokens[keep],
+                          self.slots[keep], self.write_first, self.read_ring, self.mask[rows])
+
 
 @dataclass
 class StepInputs:
@@ -45,6 +51,14 @@ class StepInputs:
     # full-capacity cache [B, 1, T, S], and how to use a ring cache instead
     window_mask: torch.Tensor | None = None
     ring: RingInputs | None = None
+
+    def select(self, rows: slice) -> StepInputs:
+        """The inputs of the batch rows `rows` (a contiguous run) as a batch of their own."""
+        return StepInputs(
+            positions=self.positions[rows], mask=self.mask[rows], start=self.start,
+            window_mask=None if self.window_mask is None else self.window_mask[rows],
+            ring=None if self.ring is None else self.ring.select(rows),
+        )
 
     @classmethod
     def build(
