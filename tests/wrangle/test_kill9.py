@@ -47,16 +47,18 @@ def _offload_dirs(parent: Path, pid: int | None = None) -> list[Path]:
 
 
 def _kill_child(mode: str, model_dir: Path, parent: Path, rng: random.Random,
-                latest_s: float) -> Path:
-    """Start the child, SIGKILL it a random moment (up to `latest_s`) after it says `started`;
-    returns the offload directory it left."""
+                latest_s: float, files_before: int = 0) -> Path:
+    """Start the child, SIGKILL it a random moment (up to `latest_s`) after it says `started`
+    (and, with `files_before`, after it has written more offload files than that); returns
+    the offload directory it left."""
     child = subprocess.Popen([sys.executable, "-m", "tests.wrangle.kill9_child", mode,
                               str(model_dir), str(parent)], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     line = child.stdout.readline().strip()
     assert line == "started", child.communicate(timeout=60)[1]
     deadline = time.monotonic() + 60
-    while mode == "construct" and not list(parent.glob(f"{PREFIX}*/t*.bin")):  # writing
+    least = 1 if mode == "construct" else files_before + 1 if files_before else 0
+    while len(list(parent.glob(f"{PREFIX}*/t*.bin"))) < least:  # writing
         assert time.monotonic() < deadline and child.poll() is None
         time.sleep(0.01)
     time.sleep(rng.uniform(0.0, latest_s))
@@ -70,7 +72,10 @@ def _kill_child(mode: str, model_dir: Path, parent: Path, rng: random.Random,
 
 def test_kill_9_during_a_generate_with_disk_resident_kv(wrangle_model_dir, tmp_path):
     seed = _seed()
-    left = _kill_child("generate", wrangle_model_dir, tmp_path, random.Random(seed), 2.0)
+    # killed once the KV cache is being written (on a loaded box the weights alone, 10
+    # files, can take longer than the random delay)
+    left = _kill_child("generate", wrangle_model_dir, tmp_path, random.Random(seed), 2.0,
+                       files_before=10)
     assert len(list(left.glob("t*.bin"))) > 10, seed  # weights and KV cache on disk
     with Engine.from_pretrained(wrangle_model_dir, policy=OFFLOADED, dtype=torch.float32,
                                 offload_dir=tmp_path) as eng:
