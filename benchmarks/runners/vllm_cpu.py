@@ -11,11 +11,10 @@ Prefix caching: on for the wrangling prompts (their shared prefix is what it is 
 otherwise, and the cache is reset after the warm-up, so the timed run reuses nothing; every
 repeat is a fresh process. Its KV cache is reserved up front (`VLLM_CPU_KVCACHE_SPACE`, GiB):
 by default what --batch sequences of the longest prompt need, plus a quarter, at most half of
-the memory available. Load (model and
-compile warm-up, minutes) is excluded from tok/s like every runner's. The model runs in a child
-process (the engine core), beside compile workers: peak RSS is the whole process tree's peak
-summed PSS (`proctree.TreeSampler`: shared libtorch pages counted once), and the children are
-ended when done.
+the memory available. Load (model and compile warm-up, minutes) is excluded from tok/s like
+every runner's. The model runs in a child process (the engine core), beside compile workers:
+peak RSS is the whole process tree's peak summed PSS (`proctree.TreeSampler`: shared libtorch
+pages counted once), and the children are ended when done.
 """
 
 from __future__ import annotations

@@ -47,18 +47,18 @@ def _offload_dirs(parent: Path, pid: int | None = None) -> list[Path]:
 
 
 def _kill_child(mode: str, model_dir: Path, parent: Path, rng: random.Random,
-                latest_s: float, files_before: int = 0) -> Path:
+                latest_s: float, files: int = 0) -> Path:
     """Start the child, SIGKILL it a random moment (up to `latest_s`) after it says `started`
-    (and, with `files_before`, after it has written more offload files than that); returns
-    the offload directory it left."""
+    and has written `files` offload files (at least one when it constructs); returns the
+    offload directory it left."""
     child = subprocess.Popen([sys.executable, "-m", "tests.wrangle.kill9_child", mode,
                               str(model_dir), str(parent)], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     line = child.stdout.readline().strip()
     assert line == "started", child.communicate(timeout=60)[1]
     deadline = time.monotonic() + 60
-    least = 1 if mode == "construct" else files_before + 1 if files_before else 0
-    while len(list(parent.glob(f"{PREFIX}*/t*.bin"))) < least:  # writing
+    files = max(files, int(mode == "construct"))
+    while len(list(parent.glob(f"{PREFIX}*/t*.bin"))) < files:  # writing
         assert time.monotonic() < deadline and child.poll() is None
         time.sleep(0.01)
     time.sleep(rng.uniform(0.0, latest_s))
@@ -72,10 +72,10 @@ def _kill_child(mode: str, model_dir: Path, parent: Path, rng: random.Random,
 
 def test_kill_9_during_a_generate_with_disk_resident_kv(wrangle_model_dir, tmp_path):
     seed = _seed()
-    # killed once the KV cache is being written (on a loaded box the weights alone, 10
-    # files, can take longer than the random delay)
+    # killed once the KV cache is being written: the weights are 10 files, and on a loaded
+    # box writing them can take longer than the random delay
     left = _kill_child("generate", wrangle_model_dir, tmp_path, random.Random(seed), 2.0,
-                       files_before=10)
+                       files=11)
     assert len(list(left.glob("t*.bin"))) > 10, seed  # weights and KV cache on disk
     with Engine.from_pretrained(wrangle_model_dir, policy=OFFLOADED, dtype=torch.float32,
                                 offload_dir=tmp_path) as eng:
