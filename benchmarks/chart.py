@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks import RESULTS_DIR
+from benchmarks.dtypes import short_name
 from benchmarks.report import is_peer
 
 OURS = ("pipeline:pipeline", "ours:auto")  # the headline row of a workload, in this order
@@ -24,14 +25,27 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-rati
 
 
 def newest_per_workload(files: list[Path]) -> dict[str, dict]:
-    """workload key -> (its workload record) from the newest file that ran it."""
+    """workload key -> (its workload record, with its file's `machine`) from the newest file
+    that ran it."""
     chosen: dict[str, dict] = {}
     for path in sorted(files):  # timestamped names: later files win, if they have ratios
         record = json.loads(path.read_text())
         for workload in record.get("workloads", []):
             if ratios(workload):
-                chosen[workload["workload"]["key"]] = dict(workload, source=path.name)
+                chosen[workload["workload"]["key"]] = dict(
+                    workload, source=path.name, machine=record.get("meta", {}).get("machine", {}))
     return chosen
+
+
+def group_label(key: str, workload: dict) -> str:
+    """'workload cpu' over '(AMD EPYC, avx512_bf16, bf16)': the CPU's fastest matmul path and
+    the run's dtype, since the chart's workloads were measured on different machines."""
+    machine = workload.get("machine", {})
+    fastest = next((flag for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+                    if flag in machine.get("cpu_flags", ())), None)
+    parts = [machine.get("cpu", "?"), *([fastest] if fastest else []),
+             short_name(workload.get("dtype", "bfloat16"))]
+    return f"workload {key}\n({', '.join(parts)})"
 
 
 def ratios(workload: dict) -> dict[str, float]:
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = [path for path in files if not path.name.startswith("wrangle-")]
     wrangle = [path for path in files if path.name.startswith("wrangle-")] or \
         sorted(RESULTS_DIR.glob("wrangle-*.json"))[-1:]
-    groups = {f"workload {key}": ratios(workload)
+    groups = {group_label(key, workload): ratios(workload)
               for key, workload in newest_per_workload(bench).items()}
     groups = {label: values for label, values in groups.items() if values}
     for path in wrangle[-1:]:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from benchmarks import CACHE_DIR
 from benchmarks.dtypes import DTYPE_CHOICES, resolve_dtype
 from benchmarks.hardware import Hardware, matmul_tokens, measure_hardware, measure_matmul_flops
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, matmul_flags
 from benchmarks.modelinfo import ModelShape
 
 HARDWARE_CACHE = CACHE_DIR / "hardware.json"
@@ -113,12 +113,18 @@ def compute_floor(
                  tok_per_s=gen_tokens / seconds if seconds > 0 else math.inf)
 
 
+def cache_key(device: str) -> str:
+    """One machine's entry in .cache/hardware.json: CPUs of one model name may differ in what
+    sets their matmul rate (an AVX2-only "AMD EPYC" and one with avx512_bf16)."""
+    return f"{device}|{cpu_model()}|{','.join(matmul_flags())}|{len(os.sched_getaffinity(0))}"
+
+
 def load_or_measure(device: str = "cpu", dtype: str = "bfloat16", refresh: bool = False,
                     quick: bool = False) -> Hardware:
     """The hardware profile for `device` with the matmul rate in `dtype`, cached in
-    .cache/hardware.json (keyed by device, CPU model and core count): the links are measured
-    once per machine, the matmul rate once per dtype (kept beside the other dtype's)."""
-    key = f"{device}|{cpu_model()}|{len(os.sched_getaffinity(0))}"
+    .cache/hardware.json (one entry per `cache_key`): the links are measured once per machine,
+    the matmul rate once per dtype (kept beside the other dtype's)."""
+    key = cache_key(device)
     cached = json.loads(HARDWARE_CACHE.read_text()) if HARDWARE_CACHE.exists() else {}
     entry = None if refresh else cached.get(key)
     if entry is None:

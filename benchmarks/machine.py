@@ -10,17 +10,9 @@ from pathlib import Path
 
 import psutil
 
+from engine.policy.cpu import cpu_model, matmul_flags
+
 PACKAGES = ("torch", "transformers", "accelerate", "safetensors")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def gpu_name() -> str | None:
@@ -32,6 +24,7 @@ def gpu_name() -> str | None:
 def machine_info() -> dict:
     return {
         "cpu": cpu_model(),
+        "cpu_flags": list(matmul_flags()),  # the ISA that sets the matmul rate
         "cores": len(os.sched_getaffinity(0)),
         "ram_bytes": psutil.virtual_memory().total,
         "gpu": gpu_name(),

@@ -164,12 +164,19 @@ def sweep_lines(runs: list[dict]) -> dict[str, str]:
     return out
 
 
+def machine_line(machine: dict) -> str:
+    """'AMD EPYC [fma avx2 avx512f avx512_bf16]': the CPU and the flags that set its matmul rate
+    (results from before the flags were recorded: the name alone)."""
+    flags = machine.get("cpu_flags")
+    return f"{machine['cpu']} [{' '.join(flags)}]" if flags else machine["cpu"]
+
+
 def render_report(results: dict) -> str:
     meta, hardware = results["meta"], results["hardware"]
     dtype = short_name(meta.get("dtype", "bfloat16"))
     matmul_dtype = short_name(hardware.get("matmul_dtype", "bfloat16"))
     parts = [
-        f"Measured {meta['timestamp']} on {meta['machine']['cpu']} "
+        f"Measured {meta['timestamp']} on {machine_line(meta['machine'])} "
         f"({meta['machine']['cores']} cores, {fmt_bytes(meta['machine']['ram_bytes'])} RAM"
         f"{', ' + meta['machine']['gpu'] if meta['machine'].get('gpu') else ''}); "
         + ", ".join(f"{name} {version}" for name, version in meta["versions"].items()) + ".",

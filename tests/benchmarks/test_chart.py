@@ -32,6 +32,25 @@ def test_the_newest_file_with_a_peer_wins(tmp_path):
     assert chart.ratios(chosen["1"])["vs hf"] == 3.0
 
 
+def test_each_workload_is_labelled_with_its_machine_and_dtype(tmp_path):
+    def record(cpu: str, flags: list[str] | None, dtype: str) -> dict:
+        machine = {"cpu": cpu, **({"cpu_flags": flags} if flags is not None else {})}
+        return {"meta": {"machine": machine},
+                "workloads": [dict(_workload("cpu", 10.0, {"hf": 5.0}), dtype=dtype)]}
+
+    cases = [(record("AMD EPYC", ["fma", "avx2"], "float32"), "(AMD EPYC, avx2, fp32)"),
+             (record("AMD EPYC", ["avx2", "avx512f", "avx512_bf16"], "bfloat16"),
+              "(AMD EPYC, avx512_bf16, bf16)"),
+             (record("Xeon", ["avx512_bf16", "amx_tile", "amx_bf16"], "bfloat16"),
+              "(Xeon, amx_bf16, bf16)"),
+             (record("Xeon", None, "bfloat16"), "(Xeon, bf16)")]  # recorded before the flags
+    for idx, (content, expected) in enumerate(cases):
+        path = tmp_path / f"2026120{idx}T000000Z.json"
+        path.write_text(json.dumps(content))
+        (workload,) = chart.newest_per_workload([path]).values()
+        assert chart.group_label("cpu", workload) == f"workload cpu\n{expected}"
+
+
 def test_wrangle_ratios_include_the_load():
     def run(load: float, seconds: float) -> dict:
         return {"summary": {"load_s": load, "columns": {"reviews": {"seconds": seconds}}},

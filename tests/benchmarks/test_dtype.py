@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -253,6 +252,7 @@ def probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(floor, "HARDWARE_CACHE", tmp_path / "hardware.json")
     monkeypatch.setattr(floor, "cpu_model", lambda: "CPU")
+    monkeypatch.setattr(floor, "matmul_flags", lambda: ("avx2",))
     monkeypatch.setattr(floor, "measure_hardware", whole)
     monkeypatch.setattr(floor, "measure_matmul_flops", matmul)
     return measured
@@ -275,7 +275,7 @@ def test_the_cached_rate_is_kept_per_dtype(probes: list[str]) -> None:
 def test_an_old_cache_entry_is_a_bf16_rate(probes: list[str]) -> None:
     old = {"device": "cpu", "matmul_flops": 2e9, "fast_bandwidth": 1e4,
            "offload_bandwidth": 1e2, "offload_method": "O_DIRECT", "measured_at": "then"}
-    key = f"cpu|CPU|{len(os.sched_getaffinity(0))}"
+    key = floor.cache_key("cpu")
     floor.HARDWARE_CACHE.write_text(json.dumps({key: old}))
     assert floor.load_or_measure("cpu", "bfloat16").matmul_flops == 2e9
     assert floor.load_or_measure("cpu", "float32").matmul_flops == 5e9
@@ -301,3 +301,12 @@ def test_report_names_the_dtype() -> None:
     text = render_report(results)
     assert "fp32 matmul 0.10 TFLOP/s" in text and "weights 2.00 MiB fp32" in text
     assert "bf16" not in text
+
+
+def test_a_cpu_of_the_same_name_with_other_flags_is_measured_anew(probes: list[str],
+                                                                   monkeypatch) -> None:
+    floor.load_or_measure("cpu", "bfloat16")  # an AVX2 box (the fixture's flags)
+    monkeypatch.setattr(floor, "matmul_flags", lambda: ("avx2", "avx512f", "avx512_bf16"))
+    floor.load_or_measure("cpu", "bfloat16")
+    assert probes == ["all bfloat16", "all bfloat16"]
+    assert len(json.loads(floor.HARDWARE_CACHE.read_text())) == 2

@@ -160,7 +160,8 @@ def test_render_report_and_refresh_section(tmp_path: Path) -> None:
     floor = compute_floor(SHAPE, WorkloadShape(8, 4, 8), HW).as_dict()
     results = {
         "meta": {"timestamp": "T", "command": "python -m benchmarks.run --quick", "git": "abc",
-                 "machine": {"cpu": "CPU", "cores": 2, "ram_bytes": 2**34, "gpu": None},
+                 "machine": {"cpu": "CPU", "cores": 2, "ram_bytes": 2**34, "gpu": None,
+                             "cpu_flags": ["avx2", "avx512_bf16"]},
                  "versions": {"torch": "2"}},
         "hardware": HW.__dict__,
         "workloads": [{"workload": work, "floor": floor, "weight_bytes": 1000, "runs": runs,
@@ -168,6 +169,7 @@ def test_render_report_and_refresh_section(tmp_path: Path) -> None:
                        "summary": add_peer_ratios(summarize(runs, floor["seconds"]))}],
     }
     text = render_report(results)
+    assert "on CPU [avx2 avx512_bf16] (2 cores" in text
     assert "### Workload 1-quick" in text and "| ours:auto | - | 3 | 41.0 (40.0-44.0)" in text
     assert "sweep hf: batch 16: 10.0 tok/s, batch 32: 20.0 tok/s, batch 64: failed" in text
     assert "identical ids across 2 system(s)" in text
