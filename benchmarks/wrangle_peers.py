@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 
 from benchmarks import BENCH_DIR, RESULTS_DIR, peers
 from benchmarks.dtypes import DTYPE_CHOICES, resolve_dtype
+from benchmarks.machine import machine_info
 
 KINDS = (("reviews", "review", "classify"), ("tickets", "ticket", "classify"),
          ("invoices", "invoice", "extract"))
@@ -246,7 +248,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[wrangle] {system}: {summary or result}", file=sys.stderr, flush=True)
     record = {"rows_per_kind": args.rows_per_kind, "shots": args.shots, "runs": runs,
               "vllm_extract": args.vllm_extract, "dtype": args.dtype,
-              "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": shlex.join([sys.executable, "-m", "benchmarks.wrangle_peers",
+                                     *sys.argv[1:]]),
+              "machine": machine_info()}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS_DIR / f"wrangle-{stamp}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")

@@ -58,6 +58,9 @@ def test_wrangle_ratios_include_the_load():
 
     record = {"runs": {"ours": [run(1.0, 1.0)], "vllm_cpu": [run(90.0, 10.0)]}}
     assert chart.wrangle_ratios(record) == {"wrangle: reviews": {"vs vllm_cpu": 50.0}}
+    record.update(machine={"cpu": "EPYC", "cpu_flags": ["avx2"]}, dtype="float32")
+    assert chart.wrangle_ratios(record) == {
+        "wrangle: reviews\n(EPYC, avx2, fp32)": {"vs vllm_cpu": 50.0}}
 
 
 def test_draw_writes_a_png(tmp_path):
