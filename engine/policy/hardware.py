@@ -1,9 +1,9 @@
 """`HardwareProfile`: what this machine can do, measured once and cached as JSON.
 
 The cache lives in `$FLEXGEN_CACHE_DIR`, else `$XDG_CACHE_HOME/flexgen-wrangle`, else
-`~/.cache/flexgen-wrangle`, one file per machine key (host, CPU, RAM, GPU, offload disk). A
-corrupt or stale file is re-measured with a warning. Free memory is re-read on every load
-(it changes; the rates do not).
+`~/.cache/flexgen-wrangle`, one file per machine key (host, CPU model and its matmul ISA flags,
+RAM, GPU, offload disk). A corrupt or stale file is re-measured with a warning. Free memory is
+re-read on every load (it changes; the rates do not).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import psutil
 import torch
 
 from engine.memory_limit import available_memory
+from engine.policy.cpu import cpu_model, matmul_flags
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +115,9 @@ def free_bytes(device: str, offload_dir: str | Path | None) -> dict[str, int]:
 
 def machine_key(device: str, offload_dir: str | Path | None) -> str:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
-    parts = [platform.node(), platform.machine(), platform.processor(), str(os.cpu_count()),
-             str(psutil.virtual_memory().total), gpu, str(disk_root(offload_dir).stat().st_dev),
-             torch.__version__]
+    parts = [platform.node(), platform.machine(), cpu_model(), ",".join(matmul_flags()),
+             str(os.cpu_count()), str(psutil.virtual_memory().total), gpu,
+             str(disk_root(offload_dir).stat().st_dev), torch.__version__]
     digest = hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
     return f"{device}-{digest}"
 

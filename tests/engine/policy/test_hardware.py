@@ -76,3 +76,12 @@ def test_real_measurement_is_quick_and_sane(tmp_path):
     assert all(rate > 0 for rate in profile.bandwidth.values())
     assert profile.matmul_flops["float32"] > 1e8 and profile.call_overhead_s > 0
     assert profile.free_bytes["device"] == pytest.approx(profile.free_bytes["host"], rel=0.2)
+
+
+def test_a_cpu_of_the_same_name_with_other_matmul_flags_is_another_machine(monkeypatch):
+    from engine.policy import hardware
+
+    monkeypatch.setattr(hardware, "matmul_flags", lambda: ("fma", "avx2"))
+    avx2_only = machine_key("cpu", None)
+    monkeypatch.setattr(hardware, "matmul_flags", lambda: ("fma", "avx2", "avx512f", "avx512_bf16"))
+    assert machine_key("cpu", None) != avx2_only
