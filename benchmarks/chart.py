@@ -5,8 +5,9 @@ vLLM-CPU's (load included). Drawn from the recorded results (matplotlib: the `be
     python -m benchmarks.chart [--out docs/benchmarks-ratios.png] [RESULTS.json ...]
 
 Without files: for each workload key, the newest results file of benchmarks/results/ that has
-it (with a peer), and the newest wrangle-*.json. Ours is the `pipeline:pipeline` row (the
-wrangling workload's headline), else `ours:auto`, else the first `ours` row.
+it (with a peer; a peer it lacks from an earlier file of the same machine and dtype), and the
+newest wrangle-*.json. Ours is the `pipeline:pipeline` row (the wrangling workload's
+headline), else `ours:auto`, else the first `ours` row.
 """
 
 from __future__ import annotations
@@ -24,17 +25,34 @@ OURS = ("pipeline:pipeline", "ours:auto")  # the headline row of a workload, in 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-ratios.png"
 
 
-def newest_per_workload(files: list[Path]) -> dict[str, dict]:
-    """workload key -> (its workload record, with its file's `machine`) from the newest file
-    that ran it."""
-    chosen: dict[str, dict] = {}
-    for path in sorted(files):  # timestamped names: later files win, if they have ratios
+def workload_groups(files: list[Path]) -> dict[str, dict[str, float]]:
+    """label -> {series: ratio}, one group per workload key. The newest file that ran the
+    workload with a peer gives the group its machine and its ratios; a peer that invocation left
+    out comes from the newest earlier one on the same machine and dtype (each bar is still a
+    ratio within one invocation)."""
+    runs: dict[str, list[dict]] = {}  # key -> its workloads with a peer, oldest first
+    for path in sorted(files):  # timestamped names
         record = json.loads(path.read_text())
+        machine = record.get("meta", {}).get("machine", {})
         for workload in record.get("workloads", []):
             if ratios(workload):
-                chosen[workload["workload"]["key"]] = dict(
-                    workload, source=path.name, machine=record.get("meta", {}).get("machine", {}))
-    return chosen
+                runs.setdefault(workload["workload"]["key"], []).append(
+                    dict(workload, machine=machine))
+    groups = {}
+    for key, found in runs.items():
+        newest = found[-1]
+        merged: dict[str, float] = {}
+        for workload in found:  # later invocations override earlier ones
+            if _signature(workload) == _signature(newest):
+                merged.update(ratios(workload))
+        groups[group_label(key, newest)] = merged
+    return groups
+
+
+def _signature(workload: dict) -> tuple:
+    machine = workload.get("machine", {})
+    return (machine.get("cpu"), tuple(machine.get("cpu_flags", ())),
+            workload.get("dtype", "bfloat16"))
 
 
 def machine_label(title: str, machine: dict, dtype: str) -> str:
@@ -136,9 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = [path for path in files if not path.name.startswith("wrangle-")]
     wrangle = [path for path in files if path.name.startswith("wrangle-")] or \
         sorted(RESULTS_DIR.glob("wrangle-*.json"))[-1:]
-    groups = {group_label(key, workload): ratios(workload)
-              for key, workload in newest_per_workload(bench).items()}
-    groups = {label: values for label, values in groups.items() if values}
+    groups = workload_groups(bench)
     for path in wrangle[-1:]:
         groups.update(wrangle_ratios(json.loads(path.read_text())))
     draw(groups, args.out)

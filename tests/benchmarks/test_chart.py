@@ -28,8 +28,24 @@ def test_the_newest_file_with_a_peer_wins(tmp_path):
     old.write_text(json.dumps({"workloads": [_workload("1", 10.0, {"hf": 10.0})]}))
     new.write_text(json.dumps({"workloads": [_workload("1", 30.0, {"hf": 10.0})]}))
     alone.write_text(json.dumps({"workloads": [_workload("1", 99.0, {})]}))
-    chosen = chart.newest_per_workload([old, new, alone])
-    assert chart.ratios(chosen["1"])["vs hf"] == 3.0
+    assert chart.workload_groups([old, new, alone])["workload 1"]["vs hf"] == 3.0
+
+
+def test_a_peer_the_newest_left_out_comes_from_an_earlier_file_of_the_same_machine(tmp_path):
+    def record(machine: dict, ours: float, peers: dict[str, float]) -> dict:
+        return {"meta": {"machine": machine}, "workloads": [_workload("cpu", ours, peers)]}
+
+    epyc, xeon = {"cpu": "EPYC"}, {"cpu": "Xeon"}
+    files = [tmp_path / f"2026120{i}T000000Z.json" for i in range(1, 5)]
+    contents = [record(epyc, 20.0, {"llamacpp:bf16": 2.0, "hf": 5.0}),
+                record(xeon, 20.0, {"accelerate_offload": 1.0}),  # another machine: never merged
+                record(epyc, 30.0, {"hf": 10.0, "vllm_cpu": 30.0}),
+                record({}, 99.0, {})]  # no peer: ignored
+    for path, content in zip(files, contents, strict=True):
+        path.write_text(json.dumps(content))
+    (groups,) = chart.workload_groups(files).values()
+    assert groups == {"vs llamacpp:bf16": 10.0, "vs hf": 3.0, "vs vllm_cpu": 1.0,
+                      "of floor": 0.5}
 
 
 def test_each_workload_is_labelled_with_its_machine_and_dtype(tmp_path):
@@ -47,8 +63,8 @@ def test_each_workload_is_labelled_with_its_machine_and_dtype(tmp_path):
     for idx, (content, expected) in enumerate(cases):
         path = tmp_path / f"2026120{idx}T000000Z.json"
         path.write_text(json.dumps(content))
-        (workload,) = chart.newest_per_workload([path]).values()
-        assert chart.group_label("cpu", workload) == f"workload cpu\n{expected}"
+        (label,) = chart.workload_groups([path])
+        assert label == f"workload cpu\n{expected}"
 
 
 def test_wrangle_ratios_include_the_load():
