@@ -3,6 +3,12 @@
 Rows are left-padded to the batch's longest prompt. When rows finish they leave the batch: the
 row selection is recorded in `keeps`, and each cache entry applies the selections it has not
 seen the next time it is loaded, so finished rows cost no further compute or I/O.
+
+A cache's columns grow with the rows' outputs (`grown_columns`): the batch's capacity is the
+worst case (prompt + max_new_tokens; for extraction one token per character of the longest
+answer the schema allows, ~350 for the demo's invoices, where rows stop after ~30), and a
+cache allocated for all of it pays page faults and row-compaction copies for columns no row
+reaches.
 """
 
 from __future__ import annotations
@@ -15,6 +21,17 @@ from engine.model import StepInputs
 from engine.storage import Placed
 
 MIN_FILL = 0.75  # a GPU batch's rows are at least this share of its longest prompt
+# KV columns a fresh cache holds beyond the ones it needs at once; a cache that runs out is
+# re-made with twice its columns (copies of written columns add up to under twice the last size)
+GROW_COLUMNS = 64
+
+
+def grown_columns(needed: int, capacity: int, current: int = 0) -> int:
+    """Columns for a KV cache that must hold `needed` columns now and has `current`: the same
+    while they suffice, else room to grow, never more than the batch's `capacity`."""
+    if current >= needed:
+        return current
+    return min(capacity, max(needed + GROW_COLUMNS, 2 * current))
 
 
 def cut_batches(rows: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -111,11 +128,24 @@ class GpuBatch:
         self.ids = ids
         self.step_inputs = None
 
-    def catch_up(self, entry: CacheEntry, cache: torch.Tensor) -> torch.Tensor:
-        """Apply the row selections this cache [2, B, ...] has not seen yet, as one selection."""
-        keeps = [keep.to(cache.device) for keep in self.keeps[entry.version :]]
-        rows = keeps[0]
-        for keep in keeps[1:]:
-            rows = rows[keep]  # successive selections compose into one
-        entry.version = len(self.keeps)
-        return cache.index_select(1, rows)
+    def catch_up(self, entry: CacheEntry, cache: torch.Tensor, columns: int | None = None
+                 ) -> torch.Tensor:
+        """cache [2, B, K, S, D] with the row selections it has not seen applied (as one
+        selection) and, given `columns` > S, that many columns: its written ones (:start) are
+        copied, the rest are zero."""
+        rows = None
+        if entry.version < len(self.keeps):
+            keeps = [keep.to(cache.device) for keep in self.keeps[entry.version :]]
+            rows = keeps[0]
+            for keep in keeps[1:]:
+                rows = rows[keep]  # successive selections compose into one
+            entry.version = len(self.keeps)
+        if columns is None or columns == cache.shape[3]:
+            return cache if rows is None else cache.index_select(1, rows)
+        written = cache[:, :, :, : self.start]  # [2, B, K, start, D]
+        if rows is not None:
+            written = written.index_select(1, rows)  # [2, B', K, start, D]
+        two, kept, heads, _, head_dim = written.shape
+        grown = cache.new_zeros(two, kept, heads, columns, head_dim)
+        grown[:, :, :, : self.start] = written
+        return grown

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.batch import CacheEntry, GpuBatch
+from engine.batch import CacheEntry, GpuBatch, grown_columns
 from engine.config import ModelConfig
 from engine.consumers import PrefixCapture, Sampler, Scorer
 from engine.model import LayerSpec, kernels, math
@@ -61,8 +61,9 @@ class BlockRunner:
     def load_cache(self, layer: int, batch_idx: int) -> Lease:
         batch = self.batches[batch_idx]
         entry = batch.caches.get(layer)
-        if entry is None:  # prefill: a fresh buffer sized for the whole generation
-            columns = self.layers[layer].cache_columns(batch.capacity)  # a ring when windowed
+        needed = batch.start + batch.ids.shape[1]  # columns written once this step has run
+        if entry is None:  # prefill: a fresh buffer, with room for the first new tokens
+            columns = self._columns(layer, batch, needed)
             shape = (2, len(batch.row_ids), self.cfg.num_kv_heads, columns, self.cfg.head_dim)
             lease = self.tiers.empty(shape, self.dtype, f"KV cache of layer {layer}")
             # the rows it is computed for: the head may re-select them (scoring) before the
@@ -75,11 +76,19 @@ class BlockRunner:
             lease = Lease(entry.placed.tensor, 0)  # used in place, where it lives
         else:
             lease = self.tiers.fetch(entry.placed, f"KV cache of layer {layer}")
-        if entry.version < len(batch.keeps):  # rows finished since this cache was stored
-            tensor = batch.catch_up(entry, lease.tensor)
+        columns = self._columns(layer, batch, needed, current=lease.tensor.shape[3])
+        if entry.version < len(batch.keeps) or columns != lease.tensor.shape[3]:
+            # rows finished since this cache was stored, or it needs more columns
+            tensor = batch.catch_up(entry, lease.tensor, columns)
             self.tiers.release(lease)
             lease = self.tiers.adopt(tensor, f"KV cache of layer {layer}")
         return lease
+
+    def _columns(self, layer: int, batch: GpuBatch, needed: int, current: int = 0) -> int:
+        """KV columns of `layer`'s cache for `batch`: a sliding window's ring has its fixed
+        size; other caches grow with the rows' outputs (`engine.batch.grown_columns`)."""
+        full = self.layers[layer].cache_columns(batch.capacity)
+        return full if full != batch.capacity else grown_columns(needed, full, current)
 
     def _attend_at_home(self, placed: Placed) -> bool:
         """cpu_attention: a host-resident cache is attended to on the host, not copied over;
