@@ -187,6 +187,16 @@ class Engine:
             self.stats.generated_tokens += sum(len(out) for out in outputs.values())
         return [outputs[row] for row in range(len(prompts))]
 
+    def use_policy(self, policy: Policy) -> None:
+        """Run later calls under `policy`: its block shape, cache and activation placement,
+        attention site and cache compression, which each call sets up anew. The weights stay
+        where they were loaded, so `policy.same_weights(self.policy)` must hold."""
+        if not policy.same_weights(self.policy):
+            raise ValueError(f"{policy!r} places the weights (or overlaps I/O) differently from "
+                             f"this engine's {self.policy!r}: build a new engine for it")
+        with self._lock:
+            self.policy = policy
+
     def _prefix_cache(self, prefix: list[int]) -> dict[int, Placed]:
         """Run the shared prefix once, as a one-row block; keep its KV cache per layer."""
         (batch,) = self._run_block([0], [prefix], PrefixCapture(), {}, 0, keep_caches=True)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoTokenizer
 
-from engine import Engine, MemoryBudgetError, ModelConfig, Workload, plan
+from engine import Engine, MemoryBudgetError, ModelConfig, Policy, Workload, plan
 from flexgen_wrangle.columns import as_text_array
 from flexgen_wrangle.constraints import JsonConstraints
 from flexgen_wrangle.encoding import PromptEncoder
@@ -40,7 +40,8 @@ class LLM:
     """`fw.LLM(model_dir)`; tasks: `classify`, `extract`, `generate` over a text column.
 
     policy: "auto" (the planner places the engine for the first column it runs, taken as at
-    least `MIN_PLANNED_ROWS` rows), None (the engine's default policy), or an `engine.Policy`.
+    least `MIN_PLANNED_ROWS` rows, and re-plans the blocks for each later column, the weights
+    staying where they are), None (the engine's default policy), or an `engine.Policy`.
     memory: budgets per tier, e.g. {"device": "2GiB", "host": "8GiB"}.
     allow_compression: the planner may choose 4-bit weights / KV cache, which change outputs
     (off by default; the demo model's accuracy with them is in README.md).
@@ -90,20 +91,34 @@ class LLM:
             return self._engine
 
     def prepare(self, rows: int, lengths: list[int], gen_len: int, shared_prefix: int) -> Engine:
-        """The engine; when it is not built yet and the policy is "auto", it is placed by the
-        planner for this workload (rows, prompt lengths after the prefix, new tokens per row);
-        with stages, each stage plans its own layers for it."""
+        """The engine for this workload (rows, prompt lengths after the prefix, new tokens per
+        row). With the policy "auto" the planner places it: when it is built (with stages,
+        each stage plans its own layers), and again for each later workload, whose plan the
+        built engine takes where it keeps the weights where they are (a classification column
+        plans blocks of many short rows, an extraction column fewer, longer ones)."""
         with self._building:
+            workload = None
+            if self.policy == "auto":
+                workload = Workload(rows=max(rows, MIN_PLANNED_ROWS),
+                                    prompt_len=dict(Counter(lengths)),
+                                    gen_len=max(gen_len, 1), shared_prefix=shared_prefix)
             if self._engine is None or self._engine.closed:
-                policy, workload = self.policy, None
-                if policy == "auto":
-                    workload = Workload(rows=max(rows, MIN_PLANNED_ROWS),
-                                        prompt_len=dict(Counter(lengths)),
-                                        gen_len=max(gen_len, 1), shared_prefix=shared_prefix)
-                    if self.stages == 1:
-                        policy = self._planned_policy(workload)
+                policy = self.policy
+                if workload is not None and self.stages == 1:
+                    policy = self._planned_policy(workload)
                 self._build(policy, workload if self.stages != 1 else None)
+            elif workload is not None and self.stages == 1:
+                self._replan(workload)
             return self._engine
+
+    def _replan(self, workload: Workload) -> None:
+        """The built engine takes this workload's plan if that keeps its weights in place."""
+        planned = self._planned_policy(workload)
+        if isinstance(planned, Policy) and planned.same_weights(self._engine.policy):
+            self._engine.use_policy(planned)
+        else:
+            logger.info("keeping the engine's policy: the plan for %s would move its weights",
+                        workload)
 
     def _planned_policy(self, workload: Workload) -> Any:
         try:

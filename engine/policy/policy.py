@@ -66,3 +66,9 @@ class Policy:
     @property
     def block_size(self) -> int:
         return self.gpu_batch_size * self.num_gpu_batches
+
+    def same_weights(self, other: Policy) -> bool:
+        """Whether `other` keeps the weights where this policy put them (placement, 4-bit
+        codes) and runs with the same I/O overlap: what an engine fixes when it loads."""
+        return (self.weights, self.compress_weights, self.overlap) == (
+            other.weights, other.compress_weights, other.overlap)

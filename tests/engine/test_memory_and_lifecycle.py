@@ -111,3 +111,21 @@ def test_interpreter_exit_removes_offload_dir(model_dirs, tmp_path):
                          check=True)
     assert out.stdout.strip()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_use_policy_changes_the_blocks_not_the_weights(model_dirs):
+    """A built engine takes another block shape and cache placement (outputs unchanged); a
+    policy that would move its weights is refused."""
+    on_device = Placement.on("device")
+    prompts, params = [[5, 6, 7], list(range(10, 20)), [9]], SamplingParams(max_new_tokens=4)
+    with Engine.from_pretrained(model_dirs("llama"), policy=Policy(1, 3, on_device, on_device,
+                                                                   on_device),
+                                dtype=torch.float32, memory={"device": "64MiB", "host": "64MiB",
+                                                             "disk": "64MiB"}) as eng:
+        before = eng.generate(prompts, params)
+        wide = Policy(4, 1, on_device, Placement.on("disk"), on_device)
+        eng.use_policy(wide)
+        assert eng.policy == wide and eng.generate(prompts, params) == before
+        with pytest.raises(ValueError, match="places the weights"):
+            eng.use_policy(Policy(4, 1, Placement.on("disk"), on_device, on_device))
+        assert eng.policy == wide

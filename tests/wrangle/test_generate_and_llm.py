@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -107,3 +108,34 @@ def test_outputs_do_not_depend_on_the_policy(wrangle_model_dir, wrangle_llm):
             if left is not None:
                 assert left["label"] == right["label"]
                 assert left["probability"] == pytest.approx(right["probability"], abs=1e-5)
+
+
+def test_each_column_is_planned_anew_keeping_the_weights(wrangle_model_dir, monkeypatch):
+    """With policy "auto", a classification column plans many short rows per block and an
+    extraction column after it plans its own blocks; the engine (and its weights) is kept, and
+    the values equal those of an engine planned for the extraction alone."""
+    from engine import Placement, Policy
+
+    texts = [f"total {n} eur" for n in range(6)]
+    schema = {"total": "int"}
+    with fw.LLM(wrangle_model_dir, progress=False, dtype=torch.float32) as alone:
+        expected = alone.extract(texts, schema).to_pylist()
+    planned = []
+    real_plan = llm_module.plan
+
+    def recording_plan(*args, **kwargs):
+        planned.append(real_plan(*args, **kwargs))
+        return planned[-1]
+
+    monkeypatch.setattr(llm_module, "plan", recording_plan)
+    with fw.LLM(wrangle_model_dir, progress=False, dtype=torch.float32) as llm:
+        llm.classify(texts, ["yes", "no"])
+        engine, first = llm.engine, llm.engine.policy
+        assert llm.extract(texts, schema).to_pylist() == expected
+        assert llm.engine is engine and len(planned) == 2
+        assert engine.policy == planned[1].policy and first == planned[0].policy
+        moved = Policy(2, 1, weights=Placement(0, 100, 0))  # a plan that would move the weights
+        monkeypatch.setattr(llm_module, "plan",
+                            lambda *args, **kwargs: dataclasses.replace(planned[0], policy=moved))
+        llm.classify(texts, ["yes", "no"])
+        assert engine.policy == planned[1].policy  # kept: its weights stay where they are
