@@ -69,6 +69,7 @@ class LLM:
         self._building = threading.Lock()  # threads that start together build one engine
         self._constraints: JsonConstraints | None = None
         self.plan: Any = None  # the planner's Plan, when it placed the engine
+        self._planned_for: Workload | None = None  # the workload `plan` was made for
         self.last_stats: RunStats | None = None
 
     @classmethod
@@ -113,6 +114,8 @@ class LLM:
 
     def _replan(self, workload: Workload) -> None:
         """The built engine takes this workload's plan if that keeps its weights in place."""
+        if workload == self._planned_for:  # the same column shape again: the same plan
+            return
         planned = self._planned_policy(workload)
         if isinstance(planned, Policy) and planned.same_weights(self._engine.policy):
             self._engine.use_policy(planned)
@@ -122,6 +125,7 @@ class LLM:
 
     def _planned_policy(self, workload: Workload) -> Any:
         try:
+            self._planned_for = workload
             self.plan = plan(self.model_dir, workload, memory=self.memory, device=self.device,
                              dtype=self.dtype, offload_dir=self.offload_dir,
                              allow_compression=self.allow_compression)

@@ -134,6 +134,8 @@ def test_each_column_is_planned_anew_keeping_the_weights(wrangle_model_dir, monk
         assert llm.extract(texts, schema).to_pylist() == expected
         assert llm.engine is engine and len(planned) == 2
         assert engine.policy == planned[1].policy and first == planned[0].policy
+        llm.extract(texts, schema)
+        assert len(planned) == 2  # the same column shape again: not planned again
         moved = Policy(2, 1, weights=Placement(0, 100, 0))  # a plan that would move the weights
         monkeypatch.setattr(llm_module, "plan",
                             lambda *args, **kwargs: dataclasses.replace(planned[0], policy=moved))
