@@ -241,6 +241,17 @@ def hf_logprob_scores(model_dir: Path, prompts: list[list[int]],
     return scores
 
 
+def assert_engine_scores_match_hf(model_dir: Path, policy, prompts: list[list[int]],
+                                  candidates: list[list[int]]) -> None:
+    """`Engine.score` under `policy` (fp32) gives HF's log-probabilities (within 1e-4)."""
+    from engine import Engine
+
+    with Engine.from_pretrained(model_dir, policy=policy, dtype=torch.float32) as eng:
+        scores = eng.score(prompts, candidates)
+    expected = hf_logprob_scores(model_dir, prompts, candidates)
+    assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
+
+
 def build_wrangle_family(out_dir: Path, family: str, seed: int = 0, chat: bool = False) -> Path:
     """A seeded random fp32 model of a newer family over the tiny local BPE tokenizer of
     tests/conftest.py (saved with it, optionally with its chat template), for fw.LLM."""

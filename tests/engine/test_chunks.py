@@ -11,7 +11,7 @@ from engine import Engine, ModelConfig, Placement, Policy, SamplingParams
 from engine.model import chunks
 from engine.model.step import StepInputs
 from engine.model.workspace import workspace_bytes
-from tests.models import FAMILIES, NEW_FAMILIES, hf_greedy_many, hf_logprob_scores
+from tests.models import FAMILIES, NEW_FAMILIES, assert_engine_scores_match_hf, hf_greedy_many
 
 P = Placement
 # mixed lengths (left padding inside a GPU batch), longer than the families' windows of 6-10
@@ -57,11 +57,7 @@ def test_chunked_scoring_matches_hf_logprobs(model_dirs, chunk_tokens):
     """The scorer's second pass feeds every candidate to a copy of its row: chunked too."""
     model_dir, prompts = model_dirs("gemma2"), PROMPTS[:4]
     candidates = [[30], [31, 32, 33], [40, 41]]
-    with Engine.from_pretrained(model_dir, policy=POLICIES["all-device"],
-                                dtype=torch.float32) as eng:
-        scores = eng.score(prompts, candidates)
-    expected = hf_logprob_scores(model_dir, prompts, candidates)
-    assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
+    assert_engine_scores_match_hf(model_dir, POLICIES["all-device"], prompts, candidates)
 
 
 def test_a_chunk_sees_its_own_rows_of_the_step():

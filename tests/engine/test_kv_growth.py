@@ -11,7 +11,13 @@ from engine import Engine, Placement, Policy, SamplingParams
 from engine import batch as batch_module
 from engine.batch import GpuBatch, grown_columns
 from engine.storage import tiers as tiers_module
-from tests.models import FAMILIES, NEW_FAMILIES, hf_greedy, hf_greedy_many, hf_logprob_scores
+from tests.models import (
+    FAMILIES,
+    NEW_FAMILIES,
+    assert_engine_scores_match_hf,
+    hf_greedy,
+    hf_greedy_many,
+)
 
 P = Placement
 ON_DEVICE = Placement.on("device")
@@ -92,11 +98,7 @@ def test_growing_caches_after_a_shared_prefix(model_dirs, grow_every_step, famil
 def test_scoring_with_growing_caches(model_dirs, grow_every_step):
     model_dir, prompts = model_dirs("gemma2"), PROMPTS[:4]
     candidates = [[30], [31, 32, 33], [40, 41]]
-    with Engine.from_pretrained(model_dir, policy=POLICIES["all-device"],
-                                dtype=torch.float32) as eng:
-        scores = eng.score(prompts, candidates)
-    expected = hf_logprob_scores(model_dir, prompts, candidates)
-    assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
+    assert_engine_scores_match_hf(model_dir, POLICIES["all-device"], prompts, candidates)
 
 
 def test_unwritten_columns_are_never_read(model_dirs, grow_every_step, monkeypatch):
