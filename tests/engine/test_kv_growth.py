@@ -75,6 +75,16 @@ def test_growing_caches_change_nothing_for_every_family(model_dirs, monkeypatch,
         assert whole == hf_greedy_many(model_dir, PROMPTS, MAX_NEW)
 
 
+def test_growing_4bit_caches_change_nothing(model_dirs, monkeypatch):
+    """4-bit caches (groups along the head dim) are re-quantized at their new width: the
+    columns they had keep their codes."""
+    model_dir = model_dirs("llama")
+    policy = Policy(3, 2, P(50, 50, 0), P(0, 50, 50), ON_DEVICE, compress_cache=True)
+    whole = _generate(model_dir, policy, PROMPTS)
+    monkeypatch.setattr(batch_module, "GROW_COLUMNS", 1)
+    assert _generate(model_dir, policy, PROMPTS) == whole
+
+
 @pytest.mark.parametrize("policy_name", ["all-device", "disk-cache-no-overlap"])
 def test_rows_stopping_early_while_caches_grow(model_dirs, grow_every_step, policy_name):
     """Rows leave the batch at different steps: a cache that must both drop rows and grow
