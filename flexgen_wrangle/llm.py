@@ -116,10 +116,12 @@ class LLM:
         """The built engine takes this workload's plan if that keeps its weights in place."""
         if workload == self._planned_for:  # the same column shape again: the same plan
             return
+        in_use = self.plan
         planned = self._planned_policy(workload)
         if isinstance(planned, Policy) and planned.same_weights(self._engine.policy):
             self._engine.use_policy(planned)
-        else:
+        else:  # `plan` keeps describing the policy the engine runs
+            self.plan = in_use
             logger.info("keeping the engine's policy: the plan for %s would move its weights",
                         workload)
 

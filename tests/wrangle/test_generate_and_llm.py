@@ -141,3 +141,4 @@ def test_each_column_is_planned_anew_keeping_the_weights(wrangle_model_dir, monk
                             lambda *args, **kwargs: dataclasses.replace(planned[0], policy=moved))
         llm.classify(texts, ["yes", "no"])
         assert engine.policy == planned[1].policy  # kept: its weights stay where they are
+        assert llm.plan is planned[1]  # and the plan it reports is the one it runs
