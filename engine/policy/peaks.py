@@ -253,7 +253,7 @@ def _settle(ledger: _Ledger, pending: dict[tuple, list], key: tuple | None = Non
 def _load_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
     tier, full = token.cache_tiers[layer][batch], token.cache[layer][batch]
     if token.phase == "prefill":
-        ledger.add("device", full)  # a fresh buffer for the whole generation
+        ledger.add("device", full)  # a fresh buffer, counted at its capacity (it may grow to it)
         if token.prefix is not None:  # the shared prefix, fetched, copied in and released
             _fetch_prefix(ledger, token, *token.prefix[layer])
     elif token.compressed:  # codes fetched, dequantized into a full lease, codes released
