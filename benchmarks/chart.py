@@ -45,7 +45,9 @@ def workload_groups(files: list[Path]) -> dict[str, dict[str, float]]:
         for workload in found:  # later invocations override earlier ones
             if _signature(workload) == _signature(newest):
                 merged.update(ratios(workload))
-        groups[group_label(key, newest)] = merged
+        label = machine_label(f"workload {key}", newest["machine"],
+                              newest.get("dtype", "bfloat16"))
+        groups[label] = merged
     return groups
 
 
@@ -65,11 +67,6 @@ def machine_label(title: str, machine: dict, dtype: str) -> str:
                     if flag in machine.get("cpu_flags", ())), None)
     parts = [machine.get("cpu", "?"), *([fastest] if fastest else []), short_name(dtype)]
     return f"{title}\n({', '.join(parts)})"
-
-
-def group_label(key: str, workload: dict) -> str:
-    return machine_label(f"workload {key}", workload.get("machine", {}),
-                         workload.get("dtype", "bfloat16"))
 
 
 def ratios(workload: dict) -> dict[str, float]:

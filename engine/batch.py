@@ -128,11 +128,10 @@ class GpuBatch:
         self.ids = ids
         self.step_inputs = None
 
-    def catch_up(self, entry: CacheEntry, cache: torch.Tensor, columns: int | None = None
-                 ) -> torch.Tensor:
+    def catch_up(self, entry: CacheEntry, cache: torch.Tensor, columns: int) -> torch.Tensor:
         """cache [2, B, K, S, D] with the row selections it has not seen applied (as one
-        selection) and, given `columns` > S, that many columns: its written ones (:start) are
-        copied, the rest are zero."""
+        selection) and `columns` columns: S, or more, when its written ones (:start) are copied
+        and the rest are zero."""
         rows = None
         if entry.version < len(self.keeps):
             keeps = [keep.to(cache.device) for keep in self.keeps[entry.version :]]
@@ -140,7 +139,7 @@ class GpuBatch:
             for keep in keeps[1:]:
                 rows = rows[keep]  # successive selections compose into one
             entry.version = len(self.keeps)
-        if columns is None or columns == cache.shape[3]:
+        if columns == cache.shape[3]:
             return cache if rows is None else cache.index_select(1, rows)
         written = cache[:, :, :, : self.start]  # [2, B, K, start, D]
         if rows is not None:

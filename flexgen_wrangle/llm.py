@@ -103,12 +103,11 @@ class LLM:
                 workload = Workload(rows=max(rows, MIN_PLANNED_ROWS),
                                     prompt_len=dict(Counter(lengths)),
                                     gen_len=max(gen_len, 1), shared_prefix=shared_prefix)
+            planned_here = workload is not None and self.stages == 1  # else each stage plans
             if self._engine is None or self._engine.closed:
-                policy = self.policy
-                if workload is not None and self.stages == 1:
-                    policy = self._planned_policy(workload)
-                self._build(policy, workload if self.stages != 1 else None)
-            elif workload is not None and self.stages == 1:
+                policy = self._planned_policy(workload) if planned_here else self.policy
+                self._build(policy, None if planned_here else workload)
+            elif planned_here:
                 self._replan(workload)
             return self._engine
 

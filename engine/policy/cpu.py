@@ -8,6 +8,7 @@ the name alone would be read on the wrong machine.
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def matmul_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
     return tuple(flag for flag in MATMUL_FLAGS if flag in present)
 
 
+@functools.cache  # the CPU does not change under a running process
 def _read_cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()
