@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from engine.batch import GpuBatch
-from engine.sampling import SamplingParams, sample_next
+from engine.sampling import SamplingParams, process_logits, sample_next
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # hidden [..., C] -> logits [..., V] fp32
 
@@ -26,10 +26,9 @@ class Sampler:
 
     def consume(self, batch: GpuBatch, hidden: torch.Tensor, logits_fn: LogitsFn) -> None:
         logits = logits_fn(hidden[:, -1])  # [B, V]
-        processor = self.params.logits_processor
-        if processor is not None:
-            for row, row_id in enumerate(batch.row_ids):
-                logits[row] = processor(row_id, batch.outputs[row_id], logits[row])
+        if self.params.logits_processor is not None:
+            logits = process_logits(self.params.logits_processor, batch.row_ids, batch.outputs,
+                                    logits)
         next_ids = sample_next(logits, self.params, self.generator).cpu()  # [B]
         produced = len(batch.outputs[batch.row_ids[0]]) + 1
         done = torch.tensor([int(token) in self.stop_ids for token in next_ids], dtype=torch.bool)

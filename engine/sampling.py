@@ -1,18 +1,32 @@
 """Sampling: pure functions from next-token logits to token ids.
 
 `SamplingParams` is what a caller asks for; `sample_next` applies it to one decode step of a
-batch. A per-row logits processor (constrained decoding plugs in here) runs before sampling.
+batch. A per-row logits processor (constrained decoding plugs in here) runs before sampling;
+`process_logits` calls it once per step instead where it also offers `process_batch`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
 # (row_idx, generated_ids_so_far, logits[V]) -> logits[V]; may modify in place and return it.
 LogitsProcessor = Callable[[int, Sequence[int], torch.Tensor], torch.Tensor]
+
+
+@runtime_checkable
+class BatchLogitsProcessor(Protocol):
+    """A logits processor that also takes a whole step at once, the same as calling it row by
+    row: (row ids [B], each row's generated ids, logits [B, V]) -> logits [B, V]."""
+
+    def __call__(self, row_idx: int, generated: Sequence[int], logits: torch.Tensor
+                 ) -> torch.Tensor: ...
+
+    def process_batch(self, row_ids: Sequence[int], generated: Sequence[Sequence[int]],
+                      logits: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -70,3 +84,14 @@ def sample_next(
     logits = apply_top_p(apply_top_k(logits, params.top_k), params.top_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def process_logits(processor: LogitsProcessor, row_ids: Sequence[int],
+                   outputs: Mapping[int, Sequence[int]], logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] (row b is row `row_ids[b]`, whose generated ids are `outputs[row_id]`)
+    after `processor`: one call where it is a `BatchLogitsProcessor`, else one per row."""
+    if isinstance(processor, BatchLogitsProcessor):
+        return processor.process_batch(row_ids, [outputs[row_id] for row_id in row_ids], logits)
+    for row, row_id in enumerate(row_ids):
+        logits[row] = processor(row_id, outputs[row_id], logits[row])
+    return logits

@@ -50,29 +50,52 @@ class JsonConstraints:
 
 
 class GrammarProcessor:
-    """`(row_idx, generated_ids_so_far, logits[V]) -> logits[V]` for one engine call."""
+    """`(row_idx, generated_ids_so_far, logits[V]) -> logits[V]` for one engine call, and the
+    same for a whole decode step at once (`process_batch`, one mask kernel for all rows)."""
 
     def __init__(self, compiled: xg.CompiledGrammar, vocab_size: int, stop_ids: list[int],
                  banned_ids: list[int]) -> None:
         self._compiled, self._stop_ids, self._banned = compiled, stop_ids, banned_ids
         self._matchers: dict[int, tuple[xg.GrammarMatcher, int]] = {}  # row -> (matcher, seen)
-        self._bitmask = xg.allocate_token_bitmask(1, vocab_size)  # [1, ceil(V / 32)] int32
+        self._bitmask = xg.allocate_token_bitmask(1, vocab_size)  # [rows, ceil(V / 32)] int32
         self._vocab_size = vocab_size
 
     def __call__(self, row_idx: int, generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
-        matcher, seen = self._matchers.get(row_idx) or (xg.GrammarMatcher(self._compiled), 0)
-        for token in generated[seen:]:
-            if not matcher.accept_token(int(token)):  # cannot happen under the mask
-                return _force(logits, self._stop_ids[0])
-        self._matchers[row_idx] = (matcher, len(generated))
-        if matcher.is_terminated():
-            return _force(logits, self._stop_ids[0])
-        matcher.fill_next_token_bitmask(self._bitmask)
-        row = logits[: self._vocab_size].unsqueeze(0)  # [1, V] view
-        xg.apply_token_bitmask_inplace(row, self._bitmask.to(logits.device))
+        return self.process_batch([row_idx], [generated], logits.unsqueeze(0))[0]
+
+    def process_batch(self, row_ids: Sequence[int], generated: Sequence[Sequence[int]],
+                      logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, V]: each row masked to what its grammar allows next, given its ids so
+        far; a row whose grammar has ended (or, impossibly, refused an id) may only stop."""
+        if self._bitmask.shape[0] < len(row_ids):
+            self._bitmask = xg.allocate_token_bitmask(len(row_ids), self._vocab_size)
+        masked, ended = [], []
+        for row, (row_id, ids) in enumerate(zip(row_ids, generated, strict=True)):
+            matcher = self._advance(row_id, ids)
+            if matcher is None:
+                ended.append(row)
+            else:
+                matcher.fill_next_token_bitmask(self._bitmask, row)
+                masked.append(row)
+        if masked:
+            xg.apply_token_bitmask_inplace(logits, self._bitmask.to(logits.device),
+                                           vocab_size=self._vocab_size, indices=masked)
         if self._banned:
-            logits[self._banned] = float("-inf")
+            logits[:, self._banned] = float("-inf")
+        if ended:
+            logits[ended] = float("-inf")
+            logits[ended, self._stop_ids[0]] = 0.0
         return logits
+
+    def _advance(self, row_id: int, generated: Sequence[int]) -> xg.GrammarMatcher | None:
+        """The row's matcher after every id generated so far; None where only a stop may
+        follow: its grammar has ended, or refused an id (cannot happen under the mask)."""
+        matcher, seen = self._matchers.get(row_id) or (xg.GrammarMatcher(self._compiled), 0)
+        for token in generated[seen:]:
+            if not matcher.accept_token(int(token)):
+                return None
+        self._matchers[row_id] = (matcher, len(generated))
+        return None if matcher.is_terminated() else matcher
 
     def __reduce__(self) -> tuple:
         """Pickled as its compiled grammar and tokenizer info in xgrammar's JSON; the matchers
@@ -88,9 +111,3 @@ def _rebuild_processor(grammar_json: str, tokenizer_info_json: str, vocab_size: 
     compiled = xg.CompiledGrammar.deserialize_json(grammar_json, info)
     return GrammarProcessor(compiled, vocab_size, stop_ids, banned_ids)
 
-
-def _force(logits: torch.Tensor, token: int) -> torch.Tensor:
-    """Only `token` remains possible."""
-    logits.fill_(float("-inf"))
-    logits[token] = 0.0
-    return logits

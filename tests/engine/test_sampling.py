@@ -48,3 +48,32 @@ def test_seeded_sampling_is_reproducible_and_processor_applies(model_dirs):
         first, second = eng.generate(prompts, params), eng.generate(prompts, params)
     assert first == second
     assert all(banned not in out and len(out) == 6 for out in first)
+
+
+class _BanPerStep:
+    """A batch processor: bans one id in every row, one call per decode step."""
+
+    def __init__(self, banned: int) -> None:
+        self.banned, self.steps = banned, []
+
+    def __call__(self, row_id, generated, logits):
+        raise AssertionError("a batch processor is called once per step, not per row")
+
+    def process_batch(self, row_ids, generated, logits):
+        assert logits.shape[0] == len(row_ids) == len(generated)
+        assert all(len(ids) == len(generated[0]) for ids in generated)
+        self.steps.append(list(row_ids))
+        logits[:, self.banned] = float("-inf")
+        return logits
+
+
+def test_a_batch_processor_takes_each_step_in_one_call(model_dirs):
+    policy = Policy(2, 2, Placement.on("device"), Placement.on("host"), Placement.on("device"))
+    processor = _BanPerStep(banned=7)
+    params = SamplingParams(max_new_tokens=5, logits_processor=processor, ignore_eos=True)
+    prompts = [[3, 4, 5], [9, 10], [11], [7, 7]]
+    with Engine.from_pretrained(model_dirs("llama"), policy=policy, dtype=torch.float32) as eng:
+        outputs = eng.generate(prompts, params)
+    assert all(7 not in out and len(out) == 5 for out in outputs)
+    assert sorted(row for step in processor.steps for row in step) == sorted(list(range(4)) * 5)
+    assert max(len(step) for step in processor.steps) == 2  # a GPU batch's rows in one call

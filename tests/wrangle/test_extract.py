@@ -114,3 +114,28 @@ def test_invalid_schema_raises_before_model_work(wrangle_model_dir, schema):
     with pytest.raises(fw.SchemaError):
         fw.extract(["x"], schema, llm=llm)
     assert llm._engine is None
+
+
+def test_grammar_mask_of_a_whole_step_equals_row_by_row(wrangle_llm):
+    """The batched mask (one kernel over rows at different points of their JSON, some ended)
+    gives every row exactly what masking it alone gives."""
+    import torch
+
+    task = wrangle_llm.extract_task({"ok": "bool", "n": "int"})
+    row_by_row = task._constraints.processor(task._grammar)
+    batched = task._constraints.processor(task._grammar)
+    vocab, stop = task._constraints.vocab_size, task._constraints.stop_ids[0]
+    row_ids = [5, 2, 9, 0]
+    generated: list[list[int]] = [[] for _ in row_ids]
+    ended_seen = False
+    for step in range(40):
+        logits = torch.randn(len(row_ids), vocab, generator=torch.Generator().manual_seed(step))
+        logits[:, stop] += 2.0 * row_ids.index(9)  # rows end at different steps
+        want = torch.stack([row_by_row(row_id, ids, row.clone()) for row_id, ids, row
+                            in zip(row_ids, generated, logits, strict=True)])
+        got = batched.process_batch(row_ids, generated, logits.clone())
+        assert torch.equal(got, want)
+        ended_seen |= bool(((~torch.isinf(want)).sum(-1) == 1).any())
+        for ids, row in zip(generated, want, strict=True):
+            ids.append(int(row.argmax()))
+    assert ended_seen and all(stop in ids for ids in generated)
