@@ -245,6 +245,7 @@ class Engine:
         """One token of every active GPU batch per pass, until every row is done."""
         while active := {idx for idx, batch in enumerate(batches) if batch.active}:
             executor.run(steps, active)
+            self._tiers.staging.drop_unused()  # kinds of shapes the caches have left behind
 
     def _abandon(self, executor: Executor, batches: list[GpuBatch], runner: BlockRunner,
                  before: TierState) -> None:

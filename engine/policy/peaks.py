@@ -11,7 +11,10 @@ walks the very step list the executor runs (`token_steps`) and applies the same 
 the shared-prefix block (if any), the prefill token and the last decode token of the largest
 block. Loads are charged when issued (the thread pool starts them at once);
 a store is counted as finishing only after the next compute, since on a busy box the pool may
-not get to it sooner: a slight overestimate that keeps plans inside their budgets.
+not get to it sooner: a slight overestimate that keeps plans inside their budgets. The bound
+plans are checked against (`remade`) also counts, at each decode load of a cache used where it
+lives, the copy `GpuBatch.catch_up` makes beside it when rows have finished or the cache grows,
+held until the store hands it over.
 """
 
 from __future__ import annotations
@@ -131,10 +134,20 @@ class _Token:
     in_place: bool = False  # decode attends to a host cache where it lives
     prefix: list[tuple[str, int, int]] | None = None  # [layer] (tier, home bytes, full bytes)
     shared_ram: bool = False  # a CPU: host homes used in place, disk I/O through staging
+    remade: bool = False  # decode caches used in place are re-made beside their homes
 
     @property
     def compressed(self) -> bool:
         return self.cache_home is not None
+
+    def remade_bytes(self, num_bytes: int, tier: str) -> int:
+        """Device bytes a decode cache's re-made copy (rows dropped, columns grown) holds
+        beside its home, where the cache is used in place: the copy, and on a CPU's disk tier
+        also the staging buffer its write takes (the copy is not the buffer it was read into).
+        A fetched lease is re-made in its stead."""
+        if not self.remade or self.leased(num_bytes, tier):
+            return 0
+        return 2 * num_bytes if tier == "disk" else num_bytes
 
     def leased(self, num_bytes: int, tier: str) -> int:
         """Device bytes a fetch from `tier` leases beside any staging buffer."""
@@ -263,6 +276,7 @@ def _load_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
         _apply(ledger, _unfetch(token, codes, token.cache_home[layer][batch], tier))
     else:
         _fetch(ledger, token, ("cache", full), full, tier)
+        ledger.add("device", token.remade_bytes(full, tier))
 
 
 def _fetch_prefix(ledger: _Ledger, token: _Token, tier: str, stored: int, full: int) -> None:
@@ -283,8 +297,10 @@ def _store_cache(ledger: _Ledger, token: _Token, layer: int, batch: int) -> list
         releases = _staged_write(ledger, ("codes", codes), codes, tier)
         return [*releases, ("device", -full)]
     if token.phase == "decode":  # written back from its own staging buffer: release the lease
-        return [] if tier == "host" and token.in_place else _unfetch(token, ("cache", full), full,
-                                                                      tier)
+        remade: list[_Release] = [("device", -token.remade_bytes(full, tier))]
+        if tier == "host" and token.in_place:
+            return remade
+        return [*remade, *_unfetch(token, ("cache", full), full, tier)]
     return _store(ledger, token, tier, ("cache", full), full)
 
 
@@ -335,7 +351,7 @@ def _compute(ledger: _Ledger, token: _Token, layer: int, batch: int) -> None:
 
 
 def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: BlockShape,
-           itemsize: int, phase: str, shared_ram: bool) -> _Token:
+           itemsize: int, phase: str, shared_ram: bool, remade: bool = False) -> _Token:
     batches = range(len(shape.rows))
     new = [shape.widths[b] if phase == "prefill" else 1 for b in batches]
     # columns attended at this token: all of the prompt at prefill, all but one at the last step
@@ -358,14 +374,18 @@ def _token(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: Blo
         if policy.compress_cache else None,
         in_place=policy.cpu_attention or shared_ram,
         shared_ram=shared_ram,
+        remade=remade,
     )
 
 
 def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape: BlockShape,
-                dtype: torch.dtype, shared_ram: bool, lag: int = 1) -> dict[str, int]:
+                dtype: torch.dtype, shared_ram: bool, lag: int = 1, remade: bool = False
+                ) -> dict[str, int]:
     """Predicted `engine.stats.peak_bytes` for generating one block of `shape` (the largest).
     `shared_ram`: the device tier is RAM (a CPU). `lag`: how many computes a store to the host
-    or disk may trail (overlap on): 1 is what a quiet machine shows, 2 a bound for planning."""
+    or disk may trail (overlap on): 1 is what a quiet machine shows, 2 a bound for planning.
+    `remade`: count the copy of a cache used in place that a decode step re-makes (rows done,
+    columns grown), as at the step where that happens: part of the bound for planning."""
     itemsize = dtype.itemsize
     lag = lag if policy.overlap else 0  # without overlap every step runs in order
     ledger = _Ledger(weight_home_bytes(layers, policy, itemsize),
@@ -383,7 +403,7 @@ def block_peaks(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, shape
     steps = _compiled_steps(has_cache, len(shape.rows), policy.overlap)
     phases = ("prefill", "decode") if shape.gen_len > 1 else ("prefill",)
     for phase in phases:
-        token = _token(cfg, layers, policy, shape, itemsize, phase, shared_ram)
+        token = _token(cfg, layers, policy, shape, itemsize, phase, shared_ram, remade)
         token.prefix = prefix
         _run_token(ledger, token, steps, lag)
     return {tier: ledger.peak[tier] for tier in TIERS}

@@ -31,7 +31,8 @@ class Prediction:
     total_s: float  # the whole table: every block and the shared prefix
     tokens_per_s: float  # generated tokens / total_s
     peak_bytes: dict[str, int]  # expected peaks per tier
-    peak_bound: dict[str, int]  # a bound on them when I/O runs late (what plans must fit)
+    peak_bound: dict[str, int]  # a bound on them when I/O runs late and caches are re-made
+    # (what plans must fit)
 
 
 def table_blocks(lengths: np.ndarray, gpu_batch_size: int, num_gpu_batches: int
@@ -142,5 +143,6 @@ def predict(cfg: ModelConfig, layers: list[LayerSpec], policy: Policy, workload:
         prefill_s=prefill, decode_s=decode, total_s=total,
         tokens_per_s=workload.rows * workload.gen_len / total,
         peak_bytes=block_peaks(cfg, layers, policy, shape, dtype, shared_ram, lag=1),
-        peak_bound=block_peaks(cfg, layers, policy, shape, dtype, shared_ram, lag=PLANNING_LAG),
+        peak_bound=block_peaks(cfg, layers, policy, shape, dtype, shared_ram, lag=PLANNING_LAG,
+                               remade=True),
     )

@@ -139,7 +139,7 @@ def _fit(problem: _Problem, size: int, count: int, overlap: bool, groups: list,
             return None
         policy = _round(size, count, result.fractions, overlap, cpu_attention, compression)
         peaks = block_peaks(problem.cfg, problem.layers, policy, shape, problem.dtype,
-                            problem.profile.device == "cpu", lag=PLANNING_LAG)
+                            problem.profile.device == "cpu", lag=PLANNING_LAG, remade=True)
         over = {tier: peaks[tier] - problem.budgets[tier] for tier in TIERS
                 if peaks[tier] > problem.budgets[tier]}
         if not over:

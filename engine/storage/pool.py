@@ -9,6 +9,11 @@ as many buffers as were ever in use at once, and the next token's (or the next d
 layer's) tensors of that kind reuse them. Every buffer it holds, lent out or idle, is charged
 to the ledger until it is dropped: the ledger charges what is really held, and the planner's
 peak replay (`engine.policy.peaks`) mirrors the same rule.
+
+A KV cache changes shape within a block: it loses rows as they finish and gains columns as it
+grows, and each new shape is a new kind. So the engine drops, after each token, the idle
+buffers no take used during that token: kinds of shapes no tensor has any more do not pile up
+until the block ends.
 """
 
 from __future__ import annotations
@@ -29,21 +34,23 @@ class BufferPool:
     def __init__(self, ledger: Ledger, tier: str = "device") -> None:
         self.ledger, self.tier = ledger, tier
         self._idle: dict[Hashable, list[torch.Tensor]] = defaultdict(list)
-        self._kinds: dict[int, Hashable] = {}  # data_ptr of a lent buffer -> its kind
+        self._kinds: dict[int, Hashable] = {}  # data_ptr of a lent buffer -> its key
+        self._used: set[Hashable] = set()  # keys taken since the last `drop_unused`
         self._lock = threading.Lock()
 
     def take(self, num_bytes: int, what: str, kind: Hashable) -> torch.Tensor:
         """A buffer of at least `num_bytes` ([padded] uint8, ALIGN-aligned) for a tensor of
         `kind`, reused if one of that kind is idle."""
         size = padded_size(num_bytes)
-        key = (size, kind)
         with self._lock:
+            key = (size, kind)
             if self._idle[key]:
                 buffer = self._idle[key].pop()
             else:
                 self.ledger.allocate(self.tier, size, f"staging buffer for {what}")
                 buffer = aligned_empty(size)
             self._kinds[buffer.data_ptr()] = key
+            self._used.add(key)
         return buffer
 
     def give(self, buffer: torch.Tensor) -> None:
@@ -61,9 +68,19 @@ class BufferPool:
             self._kinds.clear()
             self.ledger.free(self.tier, freed)
 
+    def drop_unused(self) -> None:
+        """Drop the idle buffers that no take has used since the last call (the engine calls
+        it after each token): kinds of a shape no tensor has any more."""
+        with self._lock:
+            stale = [key for key in self._idle if key not in self._used]
+            freed = sum(buffer.numel() for key in stale for buffer in self._idle.pop(key))
+            self._used.clear()
+            self.ledger.free(self.tier, freed)
+
     def trim(self) -> None:
         """Drop the idle buffers (their memory goes back to the system) and their charges."""
         with self._lock:
             freed = sum(buffer.numel() for buffers in self._idle.values() for buffer in buffers)
             self._idle.clear()
+            self._used.clear()
             self.ledger.free(self.tier, freed)

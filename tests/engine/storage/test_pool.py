@@ -24,3 +24,19 @@ def test_buffers_are_reused_by_kind_and_charged_until_trim() -> None:
     pool.give(other)
     pool.trim()
     assert ledger.used["device"] == 0
+
+
+def test_kinds_no_take_used_since_the_last_token_are_dropped() -> None:
+    """A KV cache that lost rows or grew has a new shape, so a new kind: its old kind's idle
+    buffers go after the next token instead of staying charged until the block ends."""
+    ledger = Ledger({"device": 1 << 20, "host": 0, "disk": 0})
+    pool = BufferPool(ledger)
+    old = pool.take(5000, "cache", ((2, 4, 8), "f32"))
+    pool.give(old)
+    pool.drop_unused()  # the token that used it
+    assert ledger.used["device"] == 2 * ALIGN
+    new = pool.take(3000, "cache", ((2, 3, 8), "f32"))  # a row finished
+    pool.give(new)
+    pool.drop_unused()  # the old kind was not used during this token
+    assert ledger.used["device"] == ALIGN
+    assert pool.take(3000, "cache", ((2, 3, 8), "f32")).data_ptr() == new.data_ptr()
