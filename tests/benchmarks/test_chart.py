@@ -31,7 +31,7 @@ def test_the_newest_file_with_a_peer_wins(tmp_path):
     assert chart.workload_groups([old, new, alone])["workload 1"]["vs hf"] == 3.0
 
 
-def test_a_peer_the_newest_left_out_comes_from_an_earlier_file_of_the_same_machine(tmp_path):
+def test_each_machine_has_its_group_and_missing_peers_come_from_its_earlier_files(tmp_path):
     def record(machine: dict, ours: float, peers: dict[str, float]) -> dict:
         return {"meta": {"machine": machine}, "workloads": [_workload("cpu", ours, peers)]}
 
@@ -43,9 +43,11 @@ def test_a_peer_the_newest_left_out_comes_from_an_earlier_file_of_the_same_machi
                 record({}, 99.0, {})]  # no peer: ignored
     for path, content in zip(files, contents, strict=True):
         path.write_text(json.dumps(content))
-    (groups,) = chart.workload_groups(files).values()
-    assert groups == {"vs llamacpp:bf16": 10.0, "vs hf": 3.0, "vs vllm_cpu": 1.0,
-                      "of floor": 0.5}
+    groups = chart.workload_groups(files)
+    assert groups == {  # a group per machine, never merged across them
+        "workload cpu\n(EPYC, bf16)": {"vs llamacpp:bf16": 10.0, "vs hf": 3.0,
+                                       "vs vllm_cpu": 1.0, "of floor": 0.5},
+        "workload cpu\n(Xeon, bf16)": {"vs accelerate_offload": 20.0, "of floor": 0.5}}
 
 
 def test_each_workload_is_labelled_with_its_machine_and_dtype(tmp_path):
