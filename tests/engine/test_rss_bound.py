@@ -58,11 +58,13 @@ def test_peak_rss_stays_within_the_budgets(mid_model: Path) -> None:
     charged = result["ledger_peaks"]["device"] + result["ledger_peaks"]["host"]
     assert charged <= RAM_BUDGET
     assert result["peak_rss"] <= BOUND, result
-    # what the engine added to the process is what its ledger charged, plus at most half the
-    # fixed overhead (allocator slack, thread pools, kernel scratch): an engine holding a
-    # block's caches or hidden states twice (measured 539 MiB here against 171 charged) fails
+    # what the engine added to the process is what its ledger charged, plus a quarter for the
+    # huge pages that round each allocation of 2 MiB or more up to whole 2 MiB pages, plus at
+    # most half the fixed overhead (allocator slack, thread pools, kernel scratch): an engine
+    # holding a block's caches or hidden states twice (measured 539 MiB in bf16 against 171
+    # charged) fails. In fp32 (an AVX2-only CPU) 606-633 MiB were measured against 342 charged.
     grown = result["peak_rss"] - result["baseline_rss"]
-    assert grown <= 1.1 * charged + FIXED_OVERHEAD_BYTES / 2, (grown / MiB, charged / MiB)
+    assert grown <= 1.25 * charged + FIXED_OVERHEAD_BYTES / 2, (grown / MiB, charged / MiB)
 
 
 @pytest.mark.skipif(own_memory_cgroup() is None or not os.access(
