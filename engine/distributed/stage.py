@@ -114,6 +114,7 @@ class StageEngine(Engine):
                     if self.part.last and active:
                         self._publish(batches, active)
                 first_pass = False
+                self._tiers.staging.drop_unused()  # as Engine._run_tokens, once per pass
                 if not any(batch.active for batch in batches):
                     break
             self.links.settle()
