@@ -126,7 +126,6 @@ class LLM:
 
     def _planned_policy(self, workload: Workload) -> Any:
         try:
-            self._planned_for = workload
             self.plan = plan(self.model_dir, workload, memory=self.memory, device=self.device,
                              dtype=self.dtype, offload_dir=self.offload_dir,
                              allow_compression=self.allow_compression)
@@ -134,8 +133,11 @@ class LLM:
             raise
         except Exception as err:  # planning is an optimisation: never fail the column for it
             logger.warning("planning failed (%s); using the engine's default policy", err)
-            return "auto"
-        return self.plan.policy
+            policy = "auto"
+        else:
+            policy = self.plan.policy
+        self._planned_for = workload  # a refused workload is planned again when it comes back
+        return policy
 
     def _build(self, policy: Any, workload: Workload | None = None) -> None:
         logger.info("building the engine for %s", self.model_dir)

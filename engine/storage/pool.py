@@ -42,8 +42,8 @@ class BufferPool:
         """A buffer of at least `num_bytes` ([padded] uint8, ALIGN-aligned) for a tensor of
         `kind`, reused if one of that kind is idle."""
         size = padded_size(num_bytes)
+        key = (size, kind)
         with self._lock:
-            key = (size, kind)
             if self._idle[key]:
                 buffer = self._idle[key].pop()
             else:
