@@ -63,6 +63,19 @@ def test_forty_rows_get_at_most_a_forty_row_block(model_dirs, profile):
     assert tiny.policy.block_size <= 3
 
 
+def test_io_threads_only_where_bytes_move(model_dirs, profile):
+    """In RAM nothing is loaded, so overlapping loads with compute saves nothing while its
+    I/O threads take a CPU's cores from compute: no overlap. Weights on disk: overlap."""
+    workload = Workload(rows=16, prompt_len=12, gen_len=4)
+    in_ram = plan(model_dirs("llama"), workload, {"device": "1GiB"}, dtype=torch.float32,
+                  profile=profile).policy
+    assert in_ram.weights.device == in_ram.cache.device == 100 and not in_ram.overlap
+    streamed = plan(model_dirs("llama"), workload,
+                    {"device": "170KiB", "host": "0", "disk": "10MiB"}, dtype=torch.float32,
+                    profile=profile).policy
+    assert streamed.weights.disk > 0 and streamed.overlap
+
+
 def test_budget_too_small_names_the_minimum_and_the_tier(model_dirs, profile):
     workload = Workload(rows=40, prompt_len=32, gen_len=8)
     with pytest.raises(MemoryBudgetError, match=r"device tier needs at least [0-9.]+ KiB"):
