@@ -74,12 +74,38 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+# Columns per block of `greedy_ids`' first pass.
+ARGMAX_BLOCK = 128
+
+
+def greedy_ids(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> [B] int64, exactly `logits.argmax(-1)` (the first of tied maxima; a
+    NaN counts as the maximum), in two passes: the maximum of each block of ARGMAX_BLOCK
+    columns (a vectorised reduction), then the argmax inside the first block that holds the
+    row's maximum. On a CPU `argmax` over a 152k vocabulary is scalar code: 128 rows took
+    25 ms per decode step, the two passes 5 ms."""
+    B, V = logits.shape
+    blocks = V // ARGMAX_BLOCK
+    if blocks < 2 or logits.stride(-1) != 1:
+        return logits.argmax(dim=-1)
+    body = logits[:, : blocks * ARGMAX_BLOCK].view(B, blocks, ARGMAX_BLOCK)
+    block_max = body.amax(dim=-1)  # [B, blocks]; a NaN propagates
+    tail_start = blocks * ARGMAX_BLOCK
+    if tail_start < V:  # the tail: one short block of its own
+        tail = logits[:, tail_start:].amax(dim=-1, keepdim=True)
+        block_max = torch.cat((block_max, tail), dim=-1)
+    start = block_max.argmax(dim=-1) * ARGMAX_BLOCK  # [B]: the first block with the maximum
+    columns = (start[:, None] + torch.arange(ARGMAX_BLOCK, device=logits.device)).clamp_(max=V - 1)
+    # clamped columns repeat the last one after its own place: never an earlier first maximum
+    return start + logits.gather(1, columns).argmax(dim=-1)
+
+
 def sample_next(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> torch.Tensor:
     """logits: [B, V] float32 -> next ids [B] (int64)."""
     if params.greedy:
-        return logits.argmax(dim=-1)
+        return greedy_ids(logits)
     logits = logits / params.temperature
     logits = apply_top_p(apply_top_k(logits, params.top_k), params.top_p)
     probs = logits.softmax(dim=-1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine import Engine, Placement, Policy, SamplingParams
-from engine.sampling import apply_top_k, apply_top_p, sample_next
+from engine.sampling import ARGMAX_BLOCK, apply_top_k, apply_top_p, greedy_ids, sample_next
 
 
 def test_top_k_keeps_k_largest():
@@ -24,6 +24,26 @@ def test_greedy_is_argmax_and_sampling_respects_top_k():
     params = SamplingParams(temperature=1.0, top_k=2, seed=0)
     drawn = sample_next(logits, params, torch.Generator().manual_seed(0))
     assert set(drawn.tolist()) == {1, 2}
+
+
+@pytest.mark.parametrize("vocab", [5, ARGMAX_BLOCK, 2 * ARGMAX_BLOCK, 2 * ARGMAX_BLOCK + 1,
+                                   1000, 32000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_ids_equal_argmax_with_ties_nans_and_infinities(vocab, dtype):
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(12, vocab, generator=gen).to(dtype)
+    last = vocab - 1
+    logits[0, [1, last // 2, last]] = 50.0  # ties in different blocks: the first wins
+    logits[1, [last, last // 3]] = float("nan")  # a NaN is the maximum, the first NaN wins
+    logits[2] = 0.0  # all tied
+    logits[3] = float("-inf")
+    logits[4, last] = float("inf")
+    logits[5, [0, last]] = 99.0
+    logits[6, last] = 99.0  # the maximum in the tail block
+    logits[7] = torch.arange(vocab, 0, -1)  # decreasing: column 0
+    assert torch.equal(greedy_ids(logits), logits.argmax(dim=-1))
+    strided = torch.randn(6, 2 * vocab, generator=gen)[:, ::2]
+    assert torch.equal(greedy_ids(strided), strided.argmax(dim=-1))
 
 
 @pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0},
