@@ -183,7 +183,9 @@ def attention(
     B, T, _ = x.shape
     q, k, v = _qkv(cfg, w, x)
     if cfg.family == "llama":
-        cos, sin = rotary(cfg, step.positions, q.dtype, local=layer is not None and layer.local_rope)
+        local = layer is not None and layer.local_rope
+        cos, sin = step.shared(("rotary", q.dtype, local),  # once a step, not once a layer
+                               lambda: rotary(cfg, step.positions, q.dtype, local=local))
         q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
     cache_k, cache_v = kv
     home = cache_k.device  # the host, when attention runs where a host-resident cache lives

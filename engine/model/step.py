@@ -13,7 +13,9 @@ capacity works too (`window_mask`); `LayerSpec.cache_columns` says which one a l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -51,14 +53,24 @@ class StepInputs:
     # full-capacity cache [B, 1, T, S], and how to use a ring cache instead
     window_mask: torch.Tensor | None = None
     ring: RingInputs | None = None
+    # what the step's layers share (`shared`), and its row slices (`select`): made once a step
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def shared(self, key: Any, make: Callable[[], Any]) -> Any:
+        """`make()` on the first call with `key` in this step; the same object after it (the
+        rotary tables, the same for every layer)."""
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
 
     def select(self, rows: slice) -> StepInputs:
-        """The inputs of the batch rows `rows` (a contiguous run) as a batch of their own."""
-        return StepInputs(
+        """The inputs of the batch rows `rows` (a contiguous run) as a batch of their own; the
+        same object for the same rows all step, so what its layers share is made once."""
+        return self.shared(("rows", rows.start, rows.stop), lambda: StepInputs(
             positions=self.positions[rows], mask=self.mask[rows], start=self.start,
             window_mask=None if self.window_mask is None else self.window_mask[rows],
             ring=None if self.ring is None else self.ring.select(rows),
-        )
+        ))
 
     @classmethod
     def build(

@@ -2,7 +2,7 @@
 runs (q/k/v, attention scores, MLP intermediates). Shared by the engine and the cost model.
 
 A decoder layer runs in row chunks (`engine.model.chunks`): its temporaries are one chunk's,
-plus the batch's output when there is more than one chunk. An upper bound for sliding-window
+plus the batch's output when there is more than one chunk and the step's rotary tables. An upper bound for sliding-window
 layers too: they attend to at most `attended` columns."""
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ def workspace_bytes(
         return 2 * rows * (cfg.vocab_size * 4 + cfg.hidden_size * itemsize)
     chunk = chunk_rows(rows, new_tokens)
     output = tokens * cfg.hidden_size if chunk < rows else 0  # the chunks' outputs gathered
+    # the rotary cos and sin of every row, made by the first layer and kept all step
+    tables = (2 if cfg.local_rope_inv_freq else 1) if cfg.family == "llama" else 0
+    output += tables * 2 * tokens * cfg.rotary_dim
     rows, tokens = chunk, chunk * new_tokens
     qkv = tokens * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
     scores = rows * cfg.num_heads * new_tokens * attended

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine import Engine, ModelConfig, Placement, Policy, SamplingParams
-from engine.model import chunks
+from engine.model import chunks, math
 from engine.model.step import StepInputs
 from engine.model.workspace import workspace_bytes
 from tests.models import FAMILIES, NEW_FAMILIES, assert_engine_scores_match_hf, hf_greedy_many
@@ -81,5 +81,25 @@ def test_workspace_is_one_chunks_plus_the_gathered_output(model_dirs):
     single = workspace_bytes(cfg, "decoder", one_chunk, 64, 64, 4)
     many = workspace_bytes(cfg, "decoder", 4 * one_chunk, 64, 64, 4)
     gathered = 4 * one_chunk * 64 * cfg.hidden_size * 4
-    assert many == single + gathered
+    tables = 2 * one_chunk * 64 * cfg.rotary_dim * 4  # one chunk's rotary cos and sin
+    assert many == single + gathered + 3 * tables  # the tables of every row, kept all step
     assert chunks.chunk_rows(4 * one_chunk, 1) == 4 * one_chunk  # decode: one chunk
+
+
+def test_rotary_tables_are_made_once_a_step_for_all_layers(model_dirs, chunk_tokens,
+                                                           monkeypatch):
+    made, steps = [], []  # steps: every (chunk of a) step a layer attended in, kept alive
+    real_rotary, real_attention = math.rotary, math.attention
+    monkeypatch.setattr(math, "rotary", lambda *args, **kw: made.append(1) or real_rotary(
+        *args, **kw))
+    monkeypatch.setattr(math, "attention", lambda cfg, w, x, kv, step, *rest, **kw: steps.append(
+        step) or real_attention(cfg, w, x, kv, step, *rest, **kw))
+    model_dir = model_dirs("llama")
+    layers = ModelConfig.from_pretrained(model_dir).num_layers
+    assert layers > 1
+    with Engine.from_pretrained(model_dir, policy=POLICIES["all-device"], dtype=torch.float32
+                                ) as eng:
+        eng.generate(PROMPTS, SamplingParams(max_new_tokens=MAX_NEW, ignore_eos=True))
+    distinct = len({id(step) for step in steps})
+    assert len(steps) == layers * distinct  # every layer of a step gets the same inputs
+    assert len(made) == distinct  # and one rotary table for all of them
