@@ -5,11 +5,11 @@ row's own cache), so a layer over B rows equals the layer over consecutive row s
 each writing its own rows of the KV cache. A whole batch's prefill makes temporaries of
 [B * T, intermediate]: hundreds of MB at 64 rows x 256 tokens, each matmul output and each
 element-wise pass a round trip to memory over freshly faulted pages. Cut into chunks of
-`CHUNK_TOKENS` tokens, the same work keeps its temporaries in cache, and the compute
+`chunk_tokens` tokens, the same work keeps its temporaries in cache, and the compute
 workspace the ledger charges is one chunk's (`engine.model.workspace`), not the batch's.
 
-Decode steps (one token per row) are one chunk unless a batch has more rows than
-`CHUNK_TOKENS`.
+Decode steps (one token per row) are one chunk unless a batch has more rows than a chunk
+has tokens.
 """
 
 from __future__ import annotations
@@ -21,16 +21,34 @@ from engine.model import math
 from engine.model.layers import LayerSpec
 from engine.model.step import StepInputs
 
-# Tokens per chunk. Qwen2-0.5B's shape, bf16 on 2 AVX-512 cores (AMD EPYC, avx512_bf16): the
-# gate/up matmul [M, 896] x [896, 4864] runs at 0.41 TFLOP/s at M = 2048, 0.34 at M = 8192 (its
-# output no longer in cache); a 64 x 256 -> 8 generate takes 0.89x the time of an unchunked one
-# in chunks of 2048 tokens, 0.90x in chunks of 4096 (alternating in one process, medians of 2).
+# Tokens per chunk: at most CHUNK_TOKENS, halved (not below MIN_CHUNK_TOKENS) until the widest
+# temporary of a chunk, its MLP intermediate [tokens, intermediate], fits CHUNK_BYTES.
+# Qwen2-0.5B's shape in bf16 (an MLP intermediate of 4,864 x 2 bytes per token):
+# - Intel Xeon with AMX, 2 cores: the prefill of 128 x 256 -> 32 took 20.0-20.1 s in chunks of
+#   512 tokens (5 MB), 20.3-20.5 at 256, 21.0-22.2 at 2,048 and 26.5 at 1,024 (oneDNN picks a
+#   slow kernel for two of the shapes at M = 1,024); the gate/up matmul ran at 2.25 TFLOP/s
+#   with M = 512 and 1.86 at M = 2,048 (a 20 MB output).
+# - AMD EPYC with avx512_bf16: 2,048 tokens 0.89x and 4,096 0.90x of an unchunked prefill
+#   (512 not measured there).
+# The demo model (256 wide, 688 intermediate) keeps 2,048-token chunks: at 512 its columns
+# took 5-10% longer (more chunks, each a hundred small ops).
 CHUNK_TOKENS = 2048
+MIN_CHUNK_TOKENS = 256
+CHUNK_BYTES = 8 << 20
 
 
-def chunk_rows(rows: int, new_tokens: int) -> int:
-    """Rows of one chunk for a batch of `rows` rows feeding `new_tokens` tokens each."""
-    return min(rows, max(1, CHUNK_TOKENS // max(new_tokens, 1)))
+def chunk_tokens(cfg: ModelConfig, itemsize: int) -> int:
+    """Tokens of one prefill chunk of this model with activations of `itemsize` bytes."""
+    tokens = CHUNK_TOKENS
+    while tokens > MIN_CHUNK_TOKENS and tokens * cfg.intermediate_size * itemsize > CHUNK_BYTES:
+        tokens //= 2
+    return tokens
+
+
+def chunk_rows(rows: int, new_tokens: int, tokens: int) -> int:
+    """Rows of one chunk of at most `tokens` tokens, for a batch of `rows` rows feeding
+    `new_tokens` tokens each."""
+    return min(rows, max(1, tokens // max(new_tokens, 1)))
 
 
 def decoder_in_chunks(
@@ -39,7 +57,7 @@ def decoder_in_chunks(
 ) -> torch.Tensor:
     """`math.decoder` over x [B, T, C] in row chunks -> [B, T, C]; kv: k, v [B, K, S, D]."""
     B, T, _ = x.shape
-    per = chunk_rows(B, T)
+    per = chunk_rows(B, T, chunk_tokens(cfg, x.element_size()))
     if per == B:
         return math.decoder(cfg, w, x, kv, step, layer)
     out = torch.empty_like(x)

@@ -2,13 +2,13 @@
 runs (q/k/v, attention scores, MLP intermediates). Shared by the engine and the cost model.
 
 A decoder layer runs in row chunks (`engine.model.chunks`): its temporaries are one chunk's,
-plus the batch's output when there is more than one chunk and the step's rotary tables. An upper bound for sliding-window
-layers too: they attend to at most `attended` columns."""
+plus the batch's output when there is more than one chunk, plus the step's rotary tables. An
+upper bound for sliding-window layers too: they attend to at most `attended` columns."""
 
 from __future__ import annotations
 
 from engine.config import ModelConfig
-from engine.model.chunks import chunk_rows
+from engine.model.chunks import chunk_rows, chunk_tokens
 
 
 def workspace_bytes(
@@ -19,7 +19,7 @@ def workspace_bytes(
         return 2 * tokens * cfg.hidden_size * itemsize
     if kind == "head":
         return 2 * rows * (cfg.vocab_size * 4 + cfg.hidden_size * itemsize)
-    chunk = chunk_rows(rows, new_tokens)
+    chunk = chunk_rows(rows, new_tokens, chunk_tokens(cfg, itemsize))
     output = tokens * cfg.hidden_size if chunk < rows else 0  # the chunks' outputs gathered
     # the rotary cos and sin of every row, made by the first layer and kept all step
     tables = (2 if cfg.local_rope_inv_freq else 1) if cfg.family == "llama" else 0

@@ -4,6 +4,8 @@ one chunk's."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -77,13 +79,13 @@ def test_a_chunk_sees_its_own_rows_of_the_step():
 
 def test_workspace_is_one_chunks_plus_the_gathered_output(model_dirs):
     cfg = ModelConfig.from_pretrained(model_dirs("llama"))
-    one_chunk = chunks.CHUNK_TOKENS // 64  # rows of 64 tokens in one chunk
+    one_chunk = chunks.chunk_tokens(cfg, 4) // 64  # rows of 64 tokens in one chunk
     single = workspace_bytes(cfg, "decoder", one_chunk, 64, 64, 4)
     many = workspace_bytes(cfg, "decoder", 4 * one_chunk, 64, 64, 4)
     gathered = 4 * one_chunk * 64 * cfg.hidden_size * 4
     tables = 2 * one_chunk * 64 * cfg.rotary_dim * 4  # one chunk's rotary cos and sin
     assert many == single + gathered + 3 * tables  # the tables of every row, kept all step
-    assert chunks.chunk_rows(4 * one_chunk, 1) == 4 * one_chunk  # decode: one chunk
+    assert chunks.chunk_rows(4 * one_chunk, 1, chunks.chunk_tokens(cfg, 4)) == 4 * one_chunk
 
 
 def test_rotary_tables_are_made_once_a_step_for_all_layers(model_dirs, chunk_tokens,
@@ -103,3 +105,14 @@ def test_rotary_tables_are_made_once_a_step_for_all_layers(model_dirs, chunk_tok
     distinct = len({id(step) for step in steps})
     assert len(steps) == layers * distinct  # every layer of a step gets the same inputs
     assert len(made) == distinct  # and one rotary table for all of them
+
+
+def test_a_chunks_widest_temporary_fits_the_chunk_bytes(model_dirs):
+    """A wide MLP gets fewer tokens per chunk (halved from CHUNK_TOKENS, never below the
+    minimum); a narrow one the most."""
+    cfg = ModelConfig.from_pretrained(model_dirs("llama"))
+    assert chunks.chunk_tokens(cfg, 2) == chunks.CHUNK_TOKENS  # a tiny model
+    for width, itemsize, tokens in [(4864, 2, 512), (4864, 4, 256), (8192, 2, 512),
+                                    (1 << 20, 2, chunks.MIN_CHUNK_TOKENS)]:
+        wide = dataclasses.replace(cfg, intermediate_size=width)
+        assert chunks.chunk_tokens(wide, itemsize) == tokens
