@@ -141,7 +141,10 @@ class BlockRunner:
                 out = math.embed(self.cfg, w, batch.ids.to(self.tiers.device), step)
             elif spec.kind == "decoder":
                 kv = (cache.tensor[0], cache.tensor[1])
-                out = decoder_in_chunks(self.cfg, w, hidden.tensor, kv, step, spec)
+                x = hidden.tensor  # consumed by a chunked prefill: ours, unless pooled
+                if hidden.staging is not None:  # a disk read's buffer, given back on release
+                    x = x.clone()
+                out = decoder_in_chunks(self.cfg, w, x, kv, step, spec)
             else:
                 self.consumer.consume(batch, hidden.tensor, lambda x: math.head(self.cfg, w, x))
                 out = None

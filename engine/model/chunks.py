@@ -55,14 +55,18 @@ def decoder_in_chunks(
     cfg: ModelConfig, w: math.Weights, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
     step: StepInputs, layer: LayerSpec | None = None,
 ) -> torch.Tensor:
-    """`math.decoder` over x [B, T, C] in row chunks -> [B, T, C]; kv: k, v [B, K, S, D]."""
+    """`math.decoder` over x [B, T, C] in row chunks -> [B, T, C]; kv: k, v [B, K, S, D].
+
+    With more than one chunk, x is consumed: each chunk's output is written over its own rows
+    of x, which nothing reads once that chunk is computed, and x is returned. A fresh output
+    of the batch's size would be faulted in page by page at every layer (59 MB per layer for
+    128 rows x 256 ids of Qwen2-0.5B in bf16; the prefill took 6% longer with it)."""
     B, T, _ = x.shape
     per = chunk_rows(B, T, chunk_tokens(cfg, x.element_size()))
     if per == B:
         return math.decoder(cfg, w, x, kv, step, layer)
-    out = torch.empty_like(x)
     for start in range(0, B, per):
         rows = slice(start, min(start + per, B))
-        out[rows] = math.decoder(cfg, w, x[rows], (kv[0][rows], kv[1][rows]), step.select(rows),
-                                 layer)
-    return out
+        x[rows] = math.decoder(cfg, w, x[rows], (kv[0][rows], kv[1][rows]), step.select(rows),
+                               layer)
+    return x

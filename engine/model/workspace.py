@@ -20,7 +20,7 @@ def workspace_bytes(
     if kind == "head":
         return 2 * rows * (cfg.vocab_size * 4 + cfg.hidden_size * itemsize)
     chunk = chunk_rows(rows, new_tokens, chunk_tokens(cfg, itemsize))
-    output = tokens * cfg.hidden_size if chunk < rows else 0  # the chunks' outputs gathered
+    output = tokens * cfg.hidden_size if chunk < rows else 0  # a staged input's copy
     # the rotary cos and sin of every row, made by the first layer and kept all step
     tables = (2 if cfg.local_rope_inv_freq else 1) if cfg.family == "llama" else 0
     output += tables * 2 * tokens * cfg.rotary_dim

@@ -26,6 +26,10 @@ POLICIES = {
                          Placement.on("device")),
     "mixed-cpu-attention": Policy(3, 2, P(50, 50, 0), P(0, 100, 0), Placement.on("device"),
                                   cpu_attention=True),
+    # hidden states read from disk into pooled buffers, which a chunked prefill must not
+    # write its output over
+    "activations-on-disk": Policy(3, 2, Placement.on("device"), Placement.on("device"),
+                                  Placement.on("disk")),
 }
 
 
