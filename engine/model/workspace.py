@@ -20,10 +20,11 @@ def workspace_bytes(
     if kind == "head":
         return 2 * rows * (cfg.vocab_size * 4 + cfg.hidden_size * itemsize)
     chunk = chunk_rows(rows, new_tokens, chunk_tokens(cfg, itemsize))
-    output = tokens * cfg.hidden_size if chunk < rows else 0  # a staged input's copy
+    # the copy of a disk-staged input that the chunks write over (a bound where there is none)
+    staged_copy = tokens * cfg.hidden_size if chunk < rows else 0
     # the rotary cos and sin of every row, made by the first layer and kept all step
     tables = (2 if cfg.local_rope_inv_freq else 1) if cfg.family == "llama" else 0
-    output += tables * 2 * tokens * cfg.rotary_dim
+    rotary_tables = tables * 2 * tokens * cfg.rotary_dim
     rows, tokens = chunk, chunk * new_tokens
     qkv = tokens * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
     scores = rows * cfg.num_heads * new_tokens * attended
@@ -32,4 +33,5 @@ def workspace_bytes(
     if cfg.sliding_window is not None and new_tokens > 1:  # a ring read with the new keys
         qkv += 2 * rows * cfg.num_kv_heads * min(cfg.sliding_window, attended) * cfg.head_dim
     mlp = tokens * cfg.intermediate_size * (3 if cfg.family == "llama" else 2)
-    return itemsize * (output + 3 * tokens * cfg.hidden_size + max(qkv + scores, mlp))
+    return itemsize * (staged_copy + rotary_tables + 3 * tokens * cfg.hidden_size
+                       + max(qkv + scores, mlp))
